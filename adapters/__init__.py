@@ -1,0 +1,1 @@
+"""Implementations of the ports: event and read stores, Kafka relay, exchanges, settings."""

@@ -1,0 +1,306 @@
+"""SQLite event store: WAL, durable commits (synchronous=FULL), group commit.
+
+Writes go through one appender thread per store that owns the writer connection and
+wraps each batch in ``BEGIN IMMEDIATE``: SQLite's write lock serialises writers across
+processes too, and positions are numbered as ``max(position) + 1`` inside it, so
+positions become visible in increasing order. Reads use a small pool of connections
+(WAL readers never block the writer). ``subscribe`` polls, and wakes at once when this
+store appended.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from adapters.eventstore.codec import (
+    EVENT_COLUMNS,
+    dumps,
+    idempotency_from_row,
+    record_from_row,
+    snapshot_from_row,
+    utc,
+)
+from adapters.eventstore.groupcommit import (
+    AppendRequest,
+    GroupCommitAppender,
+    Outcome,
+    batch_keys,
+    plan_batch,
+)
+from commands.ports import IdempotencyRecord, Snapshot
+from domain.clock import Clock
+from domain.envelope import NewEvent, RecordedEvent
+
+BeforeCommit = Callable[[Sequence[RecordedEvent]], None]
+
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        stream_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        ts_recorded TEXT NOT NULL,
+        UNIQUE (stream_id, version))""",
+    """CREATE TABLE IF NOT EXISTS idempotency (
+        key TEXT PRIMARY KEY,
+        command_type TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        result TEXT NOT NULL,
+        position INTEGER,
+        ts_recorded TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        stream_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        schema TEXT NOT NULL,
+        state TEXT NOT NULL)""",
+)
+
+_LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
+# json_each keeps each statement single and free of bound-variable limits; the
+# correlated max() is one probe of the (stream_id, version) index per stream.
+_STREAM_VERSIONS = (
+    "SELECT j.value, (SELECT max(e.version) FROM events e WHERE e.stream_id = j.value)"
+    " FROM json_each(?) j"
+)
+_EVENTS_BY_ID = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
+)
+_IDEMPOTENCY_MANY = (
+    "SELECT key, command_type, fingerprint, result FROM idempotency"
+    " WHERE key IN (SELECT value FROM json_each(?))"
+)
+_IDEMPOTENCY_ONE = "SELECT key, command_type, fingerprint, result FROM idempotency WHERE key = ?"
+_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_IDEMPOTENCY = (
+    "INSERT INTO idempotency (key, command_type, fingerprint, result, position, ts_recorded)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+_READ_ALL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
+_READ_STREAM = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
+)
+_STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
+_SAVE_SNAPSHOT = (
+    "INSERT INTO snapshots (stream_id, version, schema, state) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,"
+    " schema = excluded.schema, state = excluded.state"
+)
+_LOAD_SNAPSHOT = "SELECT stream_id, version, schema, state FROM snapshots WHERE stream_id = ?"
+
+
+class SqliteEventStore:
+    """Event store in one SQLite file."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        clock: Clock,
+        *,
+        max_batch: int = 512,
+        poll_interval: float = 0.05,
+        busy_timeout: float = 30.0,
+        before_commit: BeforeCommit | None = None,
+    ) -> None:
+        """Open (and create) the store.
+
+        ``poll_interval`` bounds how late ``subscribe`` sees another process's appends;
+        ``before_commit`` is a fault-injection hook for tests, called by the appender
+        inside each write transaction just before COMMIT.
+        """
+        self._path = os.fspath(path)
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._busy_timeout = busy_timeout
+        self._before_commit = before_commit
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._appended = threading.Condition()
+        self._append_seq = 0
+        self._closed = False
+        self._writer = self._connect()
+        try:
+            self._writer.execute("PRAGMA journal_mode=WAL")
+            self._writer.execute("BEGIN IMMEDIATE")
+            for statement in _DDL:
+                self._writer.execute(statement)
+            self._writer.execute("COMMIT")
+            self._appender = GroupCommitAppender(
+                self._write_batch, name="sqlite-appender", max_batch=max_batch
+            )
+        except BaseException:
+            self._close_connections()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA synchronous=FULL")
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise sqlite3.ProgrammingError("event store is closed")
+        try:
+            conn = self._readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            self._readers.put(conn)
+
+    # --- writing -------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> list[RecordedEvent]:
+        request = AppendRequest.build(stream_id, events, expected_version, idempotency)
+        return self._appender.submit(request)
+
+    def _write_batch(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        streams, keys, ids = batch_keys(requests)
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            last_position = conn.execute(_LAST_POSITION).fetchone()[0]
+            versions = {
+                s: v for s, v in conn.execute(_STREAM_VERSIONS, (dumps(streams),)) if v is not None
+            }
+            stored_keys = {}
+            if keys:
+                for row in conn.execute(_IDEMPOTENCY_MANY, (dumps(keys),)):
+                    rec = idempotency_from_row(row)
+                    stored_keys[rec.key] = rec
+            stored_events = {}
+            if ids:
+                for row in conn.execute(_EVENTS_BY_ID, (dumps(ids),)):
+                    ev = record_from_row(row)
+                    stored_events[ev.event_id] = ev
+            now = utc(self._clock.now())
+            plan = plan_batch(
+                requests,
+                last_position=last_position,
+                versions=versions,
+                idempotency=stored_keys,
+                stored_events=stored_events,
+                ts_recorded=now,
+            )
+            ts = now.isoformat()
+            if plan.event_rows:
+                conn.executemany(_INSERT_EVENT, [(*r, ts) for r in plan.event_rows])
+            if plan.idempotency_rows:
+                conn.executemany(_INSERT_IDEMPOTENCY, [(*r, ts) for r in plan.idempotency_rows])
+            if self._before_commit is not None:
+                self._before_commit(plan.recorded)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if plan.event_rows:
+            with self._appended:
+                self._append_seq += 1
+                self._appended.notify_all()
+        return plan.outcomes
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        state = dumps(snapshot.state)
+        with self._reader() as conn:
+            conn.execute(
+                _SAVE_SNAPSHOT, (snapshot.stream_id, snapshot.version, snapshot.schema, state)
+            )
+
+    # --- reading -------------------------------------------------------------------
+
+    def lookup_idempotency(self, key: str) -> IdempotencyRecord | None:
+        with self._reader() as conn:
+            row = conn.execute(_IDEMPOTENCY_ONE, (key,)).fetchone()
+        return idempotency_from_row(row) if row else None
+
+    def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
+        with self._reader() as conn:
+            rows = conn.execute(_READ_STREAM, (stream_id, from_version)).fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def stream_version(self, stream_id: str) -> int:
+        with self._reader() as conn:
+            return int(conn.execute(_STREAM_VERSION, (stream_id,)).fetchone()[0])
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        with self._reader() as conn:
+            rows = conn.execute(_READ_ALL, (after_position, max(limit, 0))).fetchall()
+        return [record_from_row(r) for r in rows]
+
+    def last_position(self) -> int:
+        with self._reader() as conn:
+            return int(conn.execute(_LAST_POSITION).fetchone()[0])
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        with self._reader() as conn:
+            row = conn.execute(_LOAD_SNAPSHOT, (stream_id,)).fetchone()
+        return snapshot_from_row(row) if row else None
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+        poll_interval: float | None = None,
+    ) -> Iterator[list[RecordedEvent]]:
+        """Yield batches after ``after_position``; polls, waking early on this store's appends."""
+        interval = self._poll_interval if poll_interval is None else poll_interval
+        pos = after_position
+        while stop is None or not stop.is_set():
+            with self._appended:
+                seen = self._append_seq
+            chunk = self.read_all(pos, batch)
+            if chunk:
+                pos = chunk[-1].position
+                yield chunk
+                continue
+            self._wait_for_append(seen, interval, stop)
+
+    def _wait_for_append(self, seen: int, timeout: float, stop: threading.Event | None) -> None:
+        """Block until this store appends after ``seen``, ``timeout`` passes or ``stop`` is set."""
+        deadline = time.monotonic() + timeout
+        with self._appended:
+            while self._append_seq == seen and (stop is None or not stop.is_set()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                # Short slices keep ``stop`` responsive.
+                self._appended.wait(min(remaining, 0.05))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._appender.close()
+        self._closed = True
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()

@@ -1,0 +1,1 @@
+"""Kafka adapters: the relay, topics, and a Kafka-protocol broker for development and tests."""

@@ -1,0 +1,1 @@
+"""FastAPI app factory, routers, WebSocket fan-out, auth and the tradecore CLI."""

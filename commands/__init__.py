@@ -1,0 +1,1 @@
+"""Command messages, their handlers, the ports handlers need and the command bus."""

@@ -1,0 +1,114 @@
+"""Ports the command side needs: the event store, market prices, the symbol list."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from domain.envelope import NewEvent, RecordedEvent
+from domain.values import Symbol
+
+NO_STREAM = 0
+"""Expected version of a stream that has no events yet (versions start at 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """The first result of a command, stored atomically with its events."""
+
+    key: str
+    command_type: str
+    fingerprint: str
+    result: dict[str, Any]
+
+
+class AlreadyHandled(Exception):
+    """The idempotency key of an append is already stored; ``record`` is the first result."""
+
+    def __init__(self, record: IdempotencyRecord):
+        super().__init__(f"idempotency key {record.key!r} already handled")
+        self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    stream_id: str
+    version: int
+    schema: str
+    state: dict[str, Any]
+    """JSON-safe (as produced by the aggregate's ``to_snapshot``)."""
+
+
+class EventStore(Protocol):
+    """Append-only event log with per-stream optimistic concurrency and a global order.
+
+    Positions start at 1 and grow in commit order; stream versions start at 1.
+    """
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int | None,
+        *,
+        idempotency: IdempotencyRecord | None = None,
+    ) -> list[RecordedEvent]:
+        """Append atomically after ``expected_version`` (None: no check).
+
+        Raises ``ConcurrencyError`` when the stream is at another version and
+        ``AlreadyHandled`` when ``idempotency.key`` is stored already. Re-appending events
+        whose ids are all stored in this stream returns the stored events (a retried
+        append after a lost acknowledgement); a mix of stored and new ids is a conflict, and
+        the same id twice in one call raises ``ValueError``. An append of no events with an
+        idempotency record stores the record alone (a command that decided nothing).
+        ``idempotency.result`` must be JSON-safe (Decimal as a string). After ``close()``
+        the database stores refuse appends.
+        """
+        ...
+
+    def lookup_idempotency(self, key: str) -> IdempotencyRecord | None: ...
+
+    def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]: ...
+
+    def stream_version(self, stream_id: str) -> int: ...
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Events with position > ``after_position`` in global order, at most ``limit``."""
+        ...
+
+    def last_position(self) -> int: ...
+
+    def subscribe(
+        self,
+        after_position: int = 0,
+        *,
+        stop: threading.Event | None = None,
+        batch: int = 1000,
+        poll_interval: float | None = None,
+    ) -> Iterator[list[RecordedEvent]]:
+        """Yield batches of events after ``after_position`` forever (until ``stop`` is set).
+
+        Never skips an event, even one committed late by a slower transaction.
+        """
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
+
+    def close(self) -> None: ...
+
+
+class PriceSource(Protocol):
+    """Last known prices, for pre-trade checks and paper fills."""
+
+    def last_price(self, symbol: Symbol) -> Decimal | None: ...
+
+
+class Markets(Protocol):
+    """The symbols that can be traded."""
+
+    def is_tradable(self, symbol: Symbol) -> bool: ...

@@ -1,0 +1,1 @@
+"""Pure domain: aggregates, events, value objects, errors and strategies (no I/O)."""

@@ -1,0 +1,139 @@
+"""Value objects: identifiers, symbols and exact amounts."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import NewType
+
+from domain.errors import ValidationFailed
+
+AccountId = NewType("AccountId", str)
+BotId = NewType("BotId", str)
+OrderId = NewType("OrderId", str)
+UserId = NewType("UserId", str)
+
+
+def new_id(prefix: str) -> str:
+    """Return a fresh random identifier with a readable prefix."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def derived_id(prefix: str, *parts: str) -> str:
+    """Return an identifier derived deterministically from ``parts`` (retries give the same id)."""
+    return f"{prefix}_{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(parts)).hex}"
+
+
+def _decimal(value: object, what: str) -> Decimal:
+    if isinstance(value, float):
+        # A float has already lost exactness; insist on str/int/Decimal input.
+        raise ValidationFailed(f"{what} must be given as a string or Decimal, not a float")
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError) as exc:
+        raise ValidationFailed(f"{what} is not a number: {value!r}") from exc
+    if not d.is_finite():
+        raise ValidationFailed(f"{what} must be finite: {value!r}")
+    return d
+
+
+class Price(Decimal):
+    """A strictly positive price."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: object = "0") -> Price:
+        d = _decimal(value, "price")
+        if d <= 0:
+            raise ValidationFailed(f"price must be positive: {value!r}")
+        return super().__new__(cls, d)
+
+
+class Quantity(Decimal):
+    """A non-negative quantity of a base asset."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: object = "0") -> Quantity:
+        d = _decimal(value, "quantity")
+        if d < 0:
+            raise ValidationFailed(f"quantity must not be negative: {value!r}")
+        return super().__new__(cls, d)
+
+
+class Money(Decimal):
+    """A signed amount in the account currency."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: object = "0") -> Money:
+        return super().__new__(cls, _decimal(value, "amount"))
+
+
+ZERO = Decimal(0)
+ONE = Decimal(1)
+BPS = Decimal(10_000)
+HUNDRED = Decimal(100)
+
+_SYMBOL = re.compile(r"^([A-Z0-9]{2,12})/([A-Z0-9]{2,12})$")
+
+
+class Symbol(str):
+    """A spot pair written ``BASE/QUOTE`` in upper case, e.g. ``BTC/USDT``."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> Symbol:
+        if isinstance(value, Symbol):
+            return value
+        text = str(value).strip().upper()
+        if not _SYMBOL.match(text):
+            raise ValidationFailed(f"symbol must look like BASE/QUOTE: {value!r}", code="INVALID_SYMBOL")
+        return super().__new__(cls, text)
+
+    @property
+    def base(self) -> str:
+        return self.split("/", 1)[0]
+
+    @property
+    def quote(self) -> str:
+        return self.split("/", 1)[1]
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class PositionSide(StrEnum):
+    LONG = "long"
+    SHORT = "short"
+
+    @property
+    def closing_side(self) -> Side:
+        return Side.SELL if self is PositionSide.LONG else Side.BUY
+
+    @property
+    def opening_side(self) -> Side:
+        return Side.BUY if self is PositionSide.LONG else Side.SELL
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+
+
+class TradingMode(StrEnum):
+    PAPER = "paper"
+    LIVE = "live"

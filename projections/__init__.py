@@ -1,0 +1,1 @@
+"""Read models: how each event changes them, the read-store port and queries."""

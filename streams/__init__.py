@@ -1,0 +1,1 @@
+"""faust-streaming app and agents, bot runner and backtest driver."""
