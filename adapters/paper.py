@@ -47,6 +47,7 @@ class _WorkingOrder:
     limit_price: Decimal | None
     stop_price: Decimal | None
     expires_at: datetime | None
+    reduce_only: bool = False
     fills: int = 0
     done: bool = False
 
@@ -57,6 +58,7 @@ class _OpenPosition:
     position_id: str
     symbol: str
     side: PositionSide
+    quantity: Decimal
     take_profit: Decimal | None
     stop_loss: Decimal | None
     closing: bool = False
@@ -147,6 +149,7 @@ class PaperExecution:
                 limit_price=ev.limit_price,
                 stop_price=ev.stop_price,
                 expires_at=ev.expires_at,
+                reduce_only=ev.reduce_only,
             )
         elif isinstance(ev, ae.OrderPartiallyFilled):
             wo = self._orders.get(ev.order_id)
@@ -161,9 +164,14 @@ class PaperExecution:
                 position_id=ev.position_id,
                 symbol=ev.symbol,
                 side=ev.side,
+                quantity=ev.quantity,
                 take_profit=ev.take_profit,
                 stop_loss=ev.stop_loss,
             )
+        elif isinstance(ev, ae.PositionIncreased):
+            self._positions[ev.position_id].quantity = ev.new_quantity
+        elif isinstance(ev, ae.PositionReduced):
+            self._positions[ev.position_id].quantity = ev.remaining
         elif isinstance(ev, ae.PositionClosing):
             op = self._positions.get(ev.position_id)
             if op is not None:
@@ -227,6 +235,14 @@ class PaperExecution:
                 return
             price = slip_up if buy else slip_down
         qty = wo.remaining
+        if wo.reduce_only:
+            # Like a venue, never let a reduce-only order fill past the position it reduces.
+            held = [
+                p.quantity for p in self._positions.values() if p.account_id == wo.account_id and p.symbol == wo.symbol
+            ]
+            if not held:
+                return
+            qty = min(qty, held[0])
         fee = qty * price * self.fee_rate
         fill_id = derived_id("fill", wo.order_id, str(wo.fills))
         wo.done = True

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 from commands.ports import EventStore, IdempotencyRecord, Snapshot
 from domain.aggregate import Aggregate
 from domain.envelope import Metadata, NewEvent, RecordedEvent
+from domain.errors import ConcurrencyError
 
 
 class SnapshotAggregate(Protocol):
@@ -100,6 +101,10 @@ class Repository:
         """Append the aggregate's pending events after its loaded version; cache it on success."""
         pending = agg.take_pending()
         if not pending and idempotency is None:
+            # Nothing decided: still make sure it was decided on the stored state.
+            actual = self.store.stream_version(agg.stream_id)
+            if actual != agg.version:
+                raise ConcurrencyError(agg.stream_id, agg.version, actual)
             return []
         recorded = self.store.append(
             agg.stream_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -63,6 +63,20 @@ from domain.values import (
 
 RESERVE_BUFFER = Decimal("0.01")
 """Extra fraction reserved on top of an order's margin to cover fees and slippage."""
+
+MONEY_STEP = Decimal("1e-12")
+"""Scale of amounts that come from a division (margin, reserve, proportional releases).
+
+Rounding them once, when decided, keeps every later sum and difference exact: releasing
+what was reserved brings ``reserved`` back to exactly zero.
+"""
+
+
+def _money(value: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -12:
+        return value  # already exact at this scale; keep its written form
+    return value.quantize(MONEY_STEP, rounding=rounding)
 
 
 class OrderStatus(StrEnum):
@@ -378,7 +392,7 @@ class Account(Aggregate):
             problem = self._check_risk(sym, side, opening_qty, ref, leverage, marks, now)
             if problem is not None:
                 return reject(*problem)
-            reserve = opening_qty * ref / leverage * (ONE + RESERVE_BUFFER)
+            reserve = _money(opening_qty * ref / leverage * (ONE + RESERVE_BUFFER), ROUND_CEILING)
             if reserve > self.available:
                 return reject(
                     RejectReason.INSUFFICIENT_FUNDS,
@@ -520,7 +534,7 @@ class Account(Aggregate):
         if order.reduce_only and (pos is None or pos.side.closing_side is not order.side or quantity > pos.quantity):
             raise Conflict(f"reduce-only order {order_id} has no matching position to reduce", code="NOTHING_TO_REDUCE")
         final = quantity == order.remaining
-        released = order.reserved if final else order.reserved * quantity / order.remaining
+        released = order.reserved if final else _money(order.reserved * quantity / order.remaining)
         fill_cls = OrderFilled if final else OrderPartiallyFilled
         transition(order_id, order.status, fill_cls)
         self._emit(
@@ -540,7 +554,7 @@ class Account(Aggregate):
         remaining_open = quantity
         if pos is not None and pos.side.closing_side is order.side:
             reduce_q = min(quantity, pos.quantity)
-            fee_r = fee * reduce_q / quantity
+            fee_r = fee if reduce_q == quantity else _money(fee * reduce_q / quantity)
             realised = (price - pos.entry_price) * reduce_q * pos.direction
             if reduce_q == pos.quantity:
                 self._emit(
@@ -582,7 +596,7 @@ class Account(Aggregate):
                         price=Price(price),
                         remaining=Quantity(pos.quantity - reduce_q),
                         realised_pnl=Money(realised),
-                        margin_released=Money(pos.margin * reduce_q / pos.quantity),
+                        margin_released=Money(_money(pos.margin * reduce_q / pos.quantity)),
                         fee=Money(fee_r),
                         order_id=order_id,
                         at=now,
@@ -592,7 +606,7 @@ class Account(Aggregate):
             fee = fee - fee_r
         if remaining_open > 0:
             pos = self.s.positions.get(sym)
-            margin = remaining_open * price / order.leverage
+            margin = _money(remaining_open * price / order.leverage)
             if pos is None:
                 self._emit(
                     PositionOpened(
@@ -614,7 +628,7 @@ class Account(Aggregate):
                 )
             else:
                 new_qty = pos.quantity + remaining_open
-                new_entry = (pos.entry_price * pos.quantity + price * remaining_open) / new_qty
+                new_entry = _money((pos.entry_price * pos.quantity + price * remaining_open) / new_qty)
                 self._emit(
                     PositionIncreased(
                         account_id=self.id,
@@ -747,7 +761,13 @@ class Account(Aggregate):
         return started
 
     def _cancel_opening_orders(self, reason: str, now: datetime) -> None:
+        """Cancel working orders that would add exposure; keep those that only reduce a position."""
+        capacity = {sym: p.quantity for sym, p in self.s.positions.items()}
         for o in list(self.s.orders.values()):
+            pos = self.s.positions.get(o.symbol)
+            if pos is not None and pos.side.closing_side is o.side and o.remaining <= capacity[o.symbol]:
+                capacity[o.symbol] -= o.remaining
+                continue
             if not o.reduce_only:
                 self._emit(
                     OrderCancelled(
