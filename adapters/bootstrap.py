@@ -9,8 +9,11 @@ from adapters.market import PriceBook, StaticMarkets
 from adapters.paper import PaperExecution
 from adapters.settings import Settings
 from adapters.time import SystemClock
+from commands.bot_runner_handlers import RUNNER_HANDLERS
 from commands.bus import CommandBus
+from commands.handlers import HANDLERS
 from commands.ports import EventStore
+from commands.user_handlers import USER_HANDLERS
 from domain.clock import Clock
 
 
@@ -41,6 +44,7 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, store: EventSto
         markets,
         cache_capacity=settings.aggregate_cache,
         snapshot_every=settings.snapshot_every,
+        handlers={**HANDLERS, **USER_HANDLERS, **RUNNER_HANDLERS},
     )
     paper = PaperExecution(
         bus,

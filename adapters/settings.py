@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT", "ADA/USDT")
 
@@ -23,7 +24,9 @@ class Settings(BaseSettings):
     read_store_url: str = Field(
         default="sqlite:///tradecore-read.db", description="sqlite:///PATH | postgresql://... | memory://"
     )
-    symbols: tuple[str, ...] = Field(default=DEFAULT_SYMBOLS, description="tradable symbols (paper mode)")
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_SYMBOLS, description="tradable symbols (paper mode), comma-separated in the environment"
+    )
     quote_currency: str = Field(default="USDT", description="currency of new paper accounts")
     paper_fee_bps: Decimal = Field(default=Decimal(10), ge=0, le=1000, description="paper fill fee, basis points")
     paper_slippage_bps: Decimal = Field(default=Decimal(0), ge=0, le=1000, description="paper slippage, basis points")

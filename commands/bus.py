@@ -101,7 +101,7 @@ class CommandBus:
         return self.repo.load(cls, aggregate_id)
 
     def _metadata(self, cmd: Command) -> Metadata:
-        ts_event = getattr(cmd, "ts_event", None)
+        ts_event = cmd.__dict__.get("ts_event")  # only some commands carry it; skips pydantic's __getattr__
         return Metadata(
             correlation_id=cmd.correlation_id or cmd.command_id,
             causation_id=cmd.command_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from commands.messages import (
     CancelOrder,
@@ -44,6 +44,9 @@ from domain.values import Symbol, TradingMode
 Result = dict[str, Any]
 
 
+A = TypeVar("A", bound=Aggregate)
+
+
 class UnitOfWork:
     """The aggregate one command works on; the bus appends what it decided."""
 
@@ -56,6 +59,12 @@ class UnitOfWork:
             raise RuntimeError("a command changes exactly one aggregate")
         self.aggregate = self._load(cls, aggregate_id)
         return self.aggregate
+
+    def get(self, cls: type[A], aggregate_id: str) -> A:
+        """Load the one aggregate of ``cls`` this command changes (for handlers outside this module)."""
+        agg = self._get(cls, aggregate_id)
+        assert isinstance(agg, cls)
+        return agg
 
     def account(self, account_id: str) -> Account:
         agg = self._get(Account, account_id)
@@ -130,6 +139,7 @@ def place_order(cmd: PlaceOrder, uow: UnitOfWork, clock: Clock, prices: PriceSou
         reduce_only=cmd.reduce_only,
         bot_id=cmd.bot_id,
         expires_at=cmd.expires_at,
+        reserve_buffer=cmd.reserve_buffer,
         last_price=prices.last_price(symbol) if symbol else None,
         marks=_marks(account, prices),
         tradable=symbol is not None and markets.is_tradable(symbol),

@@ -89,6 +89,7 @@ class PlaceOrder(AccountCommand):
     reduce_only: bool = False
     bot_id: Id | None = None
     expires_at: datetime | None = None
+    reserve_buffer: Annotated[Decimal, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
     @field_validator("symbol")
     @classmethod

@@ -322,12 +322,18 @@ class Account(Aggregate):
         reduce_only: bool = False,
         bot_id: str | None = None,
         expires_at: datetime | None = None,
+        reserve_buffer: Decimal | None = None,
         last_price: Decimal | None,
         marks: Mapping[str, Decimal],
         tradable: bool,
         now: datetime,
     ) -> OrderAccepted | OrderRejected:
-        """Accept the order (reserving funds) or record its rejection with a reason code."""
+        """Accept the order (reserving funds) or record its rejection with a reason code.
+
+        The reserve is the opening notional over leverage plus ``reserve_buffer`` (a
+        fraction, default ``RESERVE_BUFFER``) for slippage and fees; a caller that knows its
+        venue's costs (the bot runner) passes them, so an all-in order is not refused.
+        """
         self._require_open()
         if order_id in self.s.order_status:
             raise Conflict(f"order {order_id} already exists", code="ORDER_EXISTS")
@@ -381,6 +387,9 @@ class Account(Aggregate):
             return reject(RejectReason.INVALID_ORDER, "prices must be positive")
         if leverage < 1:
             return reject(RejectReason.INVALID_ORDER, "leverage must be at least 1")
+        buffer = RESERVE_BUFFER if reserve_buffer is None else reserve_buffer
+        if buffer < 0:
+            return reject(RejectReason.INVALID_ORDER, "the reserve buffer cannot be negative")
         going_long = side is Side.BUY
         if take_profit is not None and (take_profit <= ref if going_long else take_profit >= ref):
             return reject(RejectReason.INVALID_ORDER, f"take-profit {take_profit} is on the wrong side of {ref}")
@@ -392,7 +401,7 @@ class Account(Aggregate):
             problem = self._check_risk(sym, side, opening_qty, ref, leverage, marks, now)
             if problem is not None:
                 return reject(*problem)
-            reserve = _money(opening_qty * ref / leverage * (ONE + RESERVE_BUFFER), ROUND_CEILING)
+            reserve = _money(opening_qty * ref / leverage * (ONE + buffer), ROUND_CEILING)
             if reserve > self.available:
                 return reject(
                     RejectReason.INSUFFICIENT_FUNDS,

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from domain.aggregate import Aggregate
+from domain.bot_events import SignalGenerated
 from domain.errors import BotAlreadyActive, BotNotActive, Conflict, NotFound, ValidationFailed
 from domain.events import Event, _compile_decoder, _compile_encoder
 from domain.values import HUNDRED, ZERO, Symbol, TradingMode
@@ -106,6 +107,9 @@ class BotState:
     created_at: datetime | None = None
     started_at: datetime | None = None
     stopped_at: datetime | None = None
+    last_signal_bar: datetime | None = None
+    last_signal_action: str | None = None
+    signals: int = 0
 
 
 _encode_state = _compile_encoder(BotState)
@@ -115,7 +119,7 @@ _UPDATABLE = {f.name for f in fields(BotConfig)} - {"account_id"}
 
 class Bot(Aggregate):
     stream_prefix = "bot"
-    snapshot_schema = "bot-1"
+    snapshot_schema = "bot-2"
 
     def __init__(self, bot_id: str) -> None:
         super().__init__(bot_id)
@@ -171,6 +175,49 @@ class Bot(Aggregate):
         if self.s.status is BotStatus.RUNNING:
             raise BotAlreadyActive(f"stop bot {self.id} before deleting it")
         self._emit(BotDeleted(bot_id=self.id, by=by, at=now))
+
+    def record_signal(
+        self,
+        *,
+        bar_time: datetime,
+        action: str,
+        confidence: Decimal,
+        strength: Decimal,
+        price: Decimal | None,
+        indicators: dict[str, str],
+        now: datetime,
+    ) -> bool:
+        """Record the strategy's decision for the bar opened at ``bar_time``.
+
+        Only a running bot decides. One signal per bar: a second one for the same or an
+        earlier bar (a replayed bar after a crash) records nothing and returns ``False``.
+        """
+        self._require_live()
+        if self.s.status is not BotStatus.RUNNING:
+            raise BotNotActive(f"bot {self.id} is not running")
+        if action not in ("buy", "sell"):
+            raise ValidationFailed(f"signal action must be buy or sell, not {action!r}")
+        if self.s.last_signal_bar is not None and bar_time <= self.s.last_signal_bar:
+            return False
+        self._emit(
+            SignalGenerated(
+                bot_id=self.id,
+                bar_time=bar_time,
+                symbol=str(self.config.symbol),
+                action=action,
+                confidence=confidence,
+                strength=strength,
+                price=price,
+                indicators=dict(indicators),
+                at=now,
+            )
+        )
+        return True
+
+    def _apply_SignalGenerated(self, e: SignalGenerated) -> None:
+        self.s.last_signal_bar = e.bar_time
+        self.s.last_signal_action = e.action
+        self.s.signals += 1
 
     def _apply_BotCreated(self, e: BotCreated) -> None:
         self.s.created = True

@@ -65,12 +65,20 @@ class EventRegistry:
         self._upcasters[(type_name, from_version)] = fn
 
     def get(self, type_name: str) -> type[Event]:
-        try:
-            return self._types[type_name]
-        except KeyError:
-            raise UnknownEventType(type_name) from None
+        cls = self._types.get(type_name)
+        if cls is None:
+            # A reader (rebuild, audit, relay) may meet a type whose module nobody imported
+            # yet: load the catalogue of every event module once, then look again.
+            import domain.catalog  # noqa: F401
+
+            cls = self._types.get(type_name)
+            if cls is None:
+                raise UnknownEventType(type_name)
+        return cls
 
     def names(self) -> list[str]:
+        import domain.catalog  # noqa: F401  (every event type, not only the imported ones)
+
         return sorted(self._types)
 
     def to_data(self, event: Event) -> dict[str, JSON]:

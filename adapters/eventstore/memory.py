@@ -63,7 +63,8 @@ class InMemoryEventStore:
                 )
                 out.append(rec)
             self._log.extend(out)
-            self._streams[stream_id] = stream + out
+            stream.extend(out)  # readers copy under the lock; extending in place keeps appends O(1)
+            self._streams[stream_id] = stream
             for rec in out:
                 self._ids[rec.event_id] = rec
             if idempotency is not None:

@@ -340,3 +340,28 @@ def test_recorded_event_to_dict_is_json_safe():
     assert out["metadata"] == {"user_id": "u", "ts_recorded": AT.isoformat()}
     assert out["version"] == 3
     assert out["position"] == 9
+
+
+def test_catalog_registers_every_event_module():
+    """A fresh process that imported only domain.events decodes every event type (rebuild, audit)."""
+    import ast
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    defined = set()
+    for path in (root / "domain").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) == "Event" for b in node.bases):
+                defined.add(node.name)
+    assert {"FundsDeposited", "BotCreated", "SignalGenerated", "RiskAlertAcknowledged"} <= defined
+
+    code = (
+        "import sys; from domain.events import EVENT_TYPES; "
+        "[EVENT_TYPES.get(n) for n in sys.argv[1:]]; print(len(EVENT_TYPES.names()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *sorted(defined)], cwd=root, capture_output=True, text=True)
+
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= len(defined)
