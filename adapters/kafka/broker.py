@@ -112,11 +112,15 @@ def kafka_bootstrap() -> Iterator[tuple[str, NoidaBroker | None]]:
             yield os.environ[var], None
             return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
-
-        with KafkaContainer() as container:
-            yield container.get_bootstrap_server(), None
-        return
+        try:
+            from testcontainers.kafka import KafkaContainer  # type: ignore[import-not-found]
+        except ImportError:
+            log.warning("kafka.testcontainers_missing", fallback="noida-db",
+                        hint="pip install 'testcontainers[kafka]' to use the Docker engine")
+        else:
+            with KafkaContainer() as container:
+                yield container.get_bootstrap_server(), None
+            return
     broker = NoidaBroker()
     broker.start()
     try:
