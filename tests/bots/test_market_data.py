@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
@@ -99,33 +105,109 @@ def test_timeframes():
         timeframe_delta("1 hour")
 
 
-class FakeExchange:
-    """Exchange-shaped stub: serves two pages of candles like ccxt's fetch_ohlcv."""
+PAYLOADS = Path(__file__).parent / "payloads"
+
+
+class BinanceStub(ThreadingHTTPServer):
+    """A local server answering like Binance's spot REST API, from recorded payloads.
+
+    Serves ``/api/v3/exchangeInfo`` (ccxt's load_markets) and ``/api/v3/klines`` (fetch_ohlcv)
+    honouring ``startTime`` and ``limit`` as Binance does; records every request path.
+    """
 
     def __init__(self) -> None:
-        t0 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
-        self.rows = [[t0 + i * 3_600_000, 100 + i, 101 + i, 99 + i, 100.5 + i, 1.0] for i in range(5)]
-        self.calls = 0
+        self.exchange_info = (PAYLOADS / "binance_exchange_info.json").read_bytes()
+        self.klines = json.loads((PAYLOADS / "binance_klines_btcusdt_1h.json").read_text())
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), _BinanceHandler)
 
-    def fetch_ohlcv(self, symbol, timeframe, since=None, limit=None):
-        self.calls += 1
-        return [r for r in self.rows if r[0] >= since][:limit]
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def test_ccxt_download_pages_through_candles():
-    ex = FakeExchange()
-    bars = download_ccxt("fake", "BTC/USDT", "1h", datetime(2024, 1, 1, tzinfo=UTC), limit=3, exchange=ex)
-    assert [b.close for b in bars] == [Decimal("100.5") + i for i in range(5)]
-    assert ex.calls == 2
+class _BinanceHandler(BaseHTTPRequestHandler):
+    server: BinanceStub
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        self.server.requests.append(url.path)
+        if url.path == "/api/v3/exchangeInfo":
+            body = self.server.exchange_info
+        elif url.path == "/api/v3/klines" and query.get("symbol") == "BTCUSDT" and query.get("interval") == "1h":
+            start = int(query.get("startTime", 0))
+            limit = int(query.get("limit", 500))
+            body = json.dumps([k for k in self.server.klines if k[0] >= start][:limit]).encode()
+        else:
+            body = b'{"code":-1121,"msg":"Invalid symbol."}'
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _binance_at(base: str):
+    """ccxt's own Binance client with every API root pointed at ``base`` (spot markets only)."""
+    ccxt = pytest.importorskip("ccxt")
+    ex = ccxt.binance({"options": {"fetchMarkets": {"types": ["spot"]}}, "timeout": 5000})
+    roots = {"public": "/api/v3", "private": "/api/v3", "v1": "/api/v1"}
+    ex.urls["api"] = {key: base + roots.get(key, "/unused/" + key) for key in ex.urls["api"]}
+    return ex
+
+
+@pytest.fixture
+def binance_stub():
+    server = BinanceStub()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ccxt_download_pages_through_candles(binance_stub):
+    ex = _binance_at(binance_stub.url)
+
+    bars = download_ccxt("binance", "BTC/USDT", "1h", datetime(2024, 1, 1, tzinfo=UTC), limit=2, exchange=ex)
+
+    assert [b.close for b in bars] == [Decimal(k[4]) for k in binance_stub.klines]
+    assert bars[0].time == datetime(2024, 1, 1, tzinfo=UTC) and bars[0].open == Decimal("42283.58")
+    assert bars[-1].volume == Decimal("715.65177")
+    # 5 candles with limit 2: pages of 2, 2 and 1 (a short page ends the download)
+    assert binance_stub.requests.count("/api/v3/klines") == 3
+
+
+def test_ccxt_download_stops_at_until(binance_stub):
+    ex = _binance_at(binance_stub.url)
+
+    bars = download_ccxt(
+        "binance", "BTC/USDT", "1h", datetime(2024, 1, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, 3, tzinfo=UTC),
+        exchange=ex,
+    )
+
+    assert [b.time.hour for b in bars] == [1, 2]
 
 
 def test_ccxt_download_without_network_is_reported_cleanly():
-    class Offline:
-        def fetch_ohlcv(self, *a, **k):
-            raise OSError("network unreachable")
+    with socket.socket() as s:  # a port nothing listens on: ccxt's NetworkError, as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = _binance_at(f"http://127.0.0.1:{port}")
 
-    with pytest.raises(MarketDataUnavailable):
-        download_ccxt("x", "BTC/USDT", "1h", datetime(2024, 1, 1, tzinfo=UTC), exchange=Offline())
+    with pytest.raises(MarketDataUnavailable, match="binance"):
+        download_ccxt("binance", "BTC/USDT", "1h", datetime(2024, 1, 1, tzinfo=UTC), exchange=ex)
 
 
 @pytest.mark.skipif(os.environ.get("TRADECORE_NETWORK") != "1", reason="no network here")
