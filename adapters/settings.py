@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     read_store_url: str = Field(
         default="sqlite:///tradecore-read.db", description="sqlite:///PATH | postgresql://... | memory://"
     )
+    market_data_url: str | None = Field(
+        default=None, description="OHLCV bars and backtest results (default: the read store's URL)"
+    )
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_SYMBOLS, description="tradable symbols (paper mode), comma-separated in the environment"
     )
@@ -43,3 +46,8 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(s.strip() for s in v.split(",") if s.strip())
         return v
+
+    @property
+    def market_data_store_url(self) -> str:
+        """Where OHLCV bars and backtest results live: ``market_data_url`` or the read store."""
+        return self.market_data_url or self.read_store_url

@@ -22,12 +22,9 @@ data_app = typer.Typer(help="Market data: import CSV, download with ccxt, list s
 def _data_url(url: str | None) -> str:
     if url:
         return url
-    env = os.environ.get("TRADECORE_MARKET_DATA_URL")
-    if env:
-        return env
     from adapters.settings import Settings
 
-    return Settings().read_store_url
+    return Settings().market_data_store_url
 
 
 def parse_param(text: str) -> tuple[str, Any]:

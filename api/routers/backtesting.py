@@ -9,7 +9,6 @@ aggregate on an in-memory event store (see ``streams.backtest``); results are st
 
 from __future__ import annotations
 
-import os
 import threading
 from datetime import datetime
 from decimal import Decimal
@@ -18,10 +17,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AliasChoices, Field
 
-from adapters.marketdata import MarketDataError, OhlcvStore, load_series, open_ohlcv_store
+from adapters.marketdata import MarketDataError, OhlcvStore, load_series
 from api.context import ApiContext, Caller
 from api.deps import Analyst, Ctx
 from api.errors import ApiError
+from api.routers.markets import ohlcv_store
 from api.schemas import RequestModel
 from domain.strategies.registry import build
 from streams.backtest import (
@@ -43,24 +43,16 @@ Param = str | int | float | bool | None | list[Any] | dict[str, Any]
 _lock = threading.Lock()
 
 
-def market_data_url(ctx: ApiContext) -> str:
-    return os.environ.get("TRADECORE_MARKET_DATA_URL") or ctx.settings.read_store_url
-
-
 def market_data(ctx: ApiContext) -> OhlcvStore:
-    """The market data store of this app (opened once, kept in ``ctx.extras``)."""
-    with _lock:
-        store = ctx.extras.get("market_data")
-        if store is None:
-            store = ctx.extras["market_data"] = open_ohlcv_store(market_data_url(ctx))
-        return store  # type: ignore[no-any-return]
+    """The market data store of this app (the markets router's, opened once)."""
+    return ohlcv_store(ctx)
 
 
 def results_store(ctx: ApiContext) -> BacktestResults:
     with _lock:
         store = ctx.extras.get("backtest_results")
         if store is None:
-            store = ctx.extras["backtest_results"] = BacktestResults(market_data_url(ctx))
+            store = ctx.extras["backtest_results"] = BacktestResults(ctx.settings.market_data_store_url)
         return store  # type: ignore[no-any-return]
 
 

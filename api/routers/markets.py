@@ -7,7 +7,6 @@ store's URL), filled by ``tradecore data import`` / ``download``.
 
 from __future__ import annotations
 
-import os
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -82,7 +81,7 @@ def ohlcv_store(ctx: ApiContext) -> OhlcvStore:
     with _lock:
         store = ctx.extras.get("market_data")
         if store is None:
-            url = os.environ.get("TRADECORE_MARKET_DATA_URL") or ctx.settings.read_store_url
+            url = ctx.settings.market_data_store_url
             try:
                 store = ctx.extras["market_data"] = open_ohlcv_store(url)
             except (ValueError, MarketDataError) as exc:
