@@ -136,9 +136,17 @@ def _converters(tp: Any) -> tuple[Conv, Conv]:
         enc, dec = _converters(args[0])
         return (lambda v: [enc(x) for x in v]), (lambda v: [dec(x) for x in v])
     if origin in (dict, typing.Mapping) or tp is dict:
-        if args and args[1] is not Any:
-            venc, vdec = _converters(args[1])
-            return (lambda v: {k: venc(x) for k, x in v.items()}), (lambda v: {k: vdec(x) for k, x in v.items()})
+        if args:
+            # Keys go through their own converter. A ``str`` key may hold a str subclass at run
+            # time (a Symbol): it is stored as a plain str, since orjson refuses subclass keys.
+            kenc, kdec = _converters(args[0])
+            if args[0] is str:
+                kenc = str
+            venc, vdec = _converters(args[1]) if args[1] is not Any else (_identity, _identity)
+            return (
+                (lambda v: {kenc(k): venc(x) for k, x in v.items()}),
+                (lambda v: {kdec(k): vdec(x) for k, x in v.items()}),
+            )
         return _identity, _identity
     supertype = getattr(tp, "__supertype__", None)  # NewType
     if supertype is not None:
