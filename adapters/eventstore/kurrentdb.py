@@ -5,9 +5,10 @@ How the port maps onto KurrentDB:
 - A tradecore stream ``account-1`` is the KurrentDB stream ``account-1`` (prefixed with
   ``<namespace>.`` when the URL names a namespace). Versions are 1-based counts, KurrentDB
   stream positions 0-based: version = stream_position + 1, expected version 0 is
-  ``StreamState.NO_STREAM``, n >= 1 is n - 1, None is "whatever the stream holds now" (read
-  the current version, append expecting it, repeat on a conflict), so every append is
-  checked by the server and a retried append is recognised by its event ids.
+  ``StreamState.NO_STREAM``, n >= 1 is n - 1, None is ``StreamState.ANY``. A wrong
+  expected version is the server's ``WrongCurrentVersionError``, raised as
+  ``ConcurrencyError`` with both sides as counts. Every append reads its events back (the
+  server only returns the last commit position), so an append costs two round trips.
 - Positions are KurrentDB commit positions: unique per event, increasing in commit order
   (``$all`` is one totally ordered log; a position is visible only after every smaller
   one), but SPARSE (log offsets: the gaps are large and meaningless). Counting events by
@@ -15,15 +16,16 @@ How the port maps onto KurrentDB:
   to ``read_all``/``subscribe`` must be 0 or one this store handed out.
 - Event ids: KurrentDB wants UUIDs. A tradecore id that is a canonical UUID is used as is,
   any other id as ``uuid5(EVENT_ID_NAMESPACE, id)``; the original id travels in the
-  metadata. The server recognises a retried append (same ids at the same expected
-  version) and stores nothing twice. It does NOT index event ids: an id already stored
-  at an earlier position of the stream, or in another stream, is not detected.
+  metadata. The server recognises a retried append (the same ids at the same expected
+  version; with ``ANY``, ids it stored recently in that stream) and stores nothing twice;
+  kurrentdbclient itself retries an append once on a gRPC error, which relies on this.
+  KurrentDB does NOT index event ids: an id stored before the expected version of the
+  stream, or in another stream, is not detected (SQLite/PostgreSQL refuse it).
 - Idempotency records live in their own stream ``tradecore.idem-<key>`` (a claim protocol,
   see ``_Claims``), snapshots in ``tradecore.snapshot-<stream id>`` (``$maxCount`` 1).
-  KurrentDB < 25.1 cannot append to two streams atomically and 25.1's multi-stream append
-  neither reports per-event positions nor accepts non-string metadata, so the record is
-  not written in the same transaction as the events; the claim protocol below says what
-  remains guaranteed.
+  KurrentDB before 25.1 (the project runs 25.0) cannot append to two streams atomically;
+  25.1's multi-stream append could, but takes only string-valued metadata and was not
+  used (see ``_Claims`` for what the claim protocol guarantees instead).
 - ``read_all``/``subscribe`` read ``$all`` with a server-side stream-name filter that keeps
   this store's event streams only (no ``$`` system streams, no idempotency or snapshot
   streams). ``subscribe`` reads batches with ``read_all`` and holds a catch-up
@@ -52,6 +54,7 @@ from kurrentdbclient.connection_spec import ConnectionSpec
 from kurrentdbclient.exceptions import NotFoundError, WrongCurrentVersionError
 
 from adapters.eventstore.codec import EncodedEvent, dumps, encode_events, loads, utc
+from adapters.eventstore.groupcommit import AppenderClosed
 from commands.ports import AlreadyHandled, IdempotencyRecord, Snapshot
 from domain.clock import Clock
 from domain.envelope import NewEvent, RecordedEvent
@@ -345,7 +348,7 @@ class _Claims:
                 if self._resolve(record.key, state, pending_since=since) is None:
                     if time.monotonic() > give_up:
                         raise TimeoutError(f"idempotency key {record.key!r} stays claimed")
-                    time.sleep(0.02)
+                    time.sleep(0.05)
                 continue
             data = {
                 "key": record.key,
@@ -414,15 +417,14 @@ class _Claims:
 # --- the store ---------------------------------------------------------------------
 
 
-class StoreClosed(RuntimeError):
-    """The event store was closed; nothing more can be appended."""
-
-
 class KurrentDBEventStore:
     """Event store on KurrentDB/EventStoreDB (see the module docstring for the mapping)."""
 
     positions_are_dense = False
     """Positions are KurrentDB commit positions: increasing in commit order, with gaps."""
+    detects_stored_event_ids = False
+    """Only ids re-sent at the same expected version (a retry) are recognised, not an id
+    stored earlier in the stream or in another stream: KurrentDB has no index by event id."""
 
     def __init__(
         self,
@@ -433,14 +435,15 @@ class KurrentDBEventStore:
         append_timeout: float = 10.0,
         claim_timeout: float = 30.0,
         poll_interval: float = 1.0,
-        max_any_attempts: int = 100,
+        any_search: int = 10_000,
     ) -> None:
         """Open the store.
 
         ``namespace`` overrides the URL's; ``append_timeout`` is the gRPC deadline of an
         events append (the server drops it after that), ``claim_timeout`` how long a
         pending idempotency claim is waited for before it is released (must exceed the
-        append deadline); ``poll_interval`` the fallback re-read period of ``subscribe``.
+        append deadline); ``poll_interval`` the fallback re-read period of ``subscribe``;
+        ``any_search`` how far back an unchecked append recognised as a repeat is looked for.
         """
         if claim_timeout <= append_timeout:
             raise ValueError("claim_timeout must exceed append_timeout")
@@ -457,7 +460,7 @@ class KurrentDBEventStore:
         self._clock = clock
         self._append_timeout = append_timeout
         self._poll_interval = poll_interval
-        self._max_any_attempts = max_any_attempts
+        self._any_search = any_search
         self._claims = _Claims(self, claim_timeout)
         self._closed = False
         self._subscriptions: set[Any] = set()
@@ -466,6 +469,10 @@ class KurrentDBEventStore:
     @property
     def namespace(self) -> str:
         return self.names.namespace
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # --- writing -------------------------------------------------------------------
 
@@ -478,7 +485,7 @@ class KurrentDBEventStore:
         idempotency: IdempotencyRecord | None = None,
     ) -> list[RecordedEvent]:
         if self._closed:
-            raise StoreClosed("event store is closed")
+            raise AppenderClosed("event store is closed")
         name = self.names.events(stream_id)
         encoded = encode_events(events)
         if expected_version is not None and expected_version < 0:
@@ -491,8 +498,15 @@ class KurrentDBEventStore:
             return []
         try:
             recorded = self._append_events(stream_id, name, encoded, expected_version)
-        except BaseException as exc:
+        except (ConcurrencyError, ValueError) as exc:
+            # Definitely not stored: free the key for the retry of the command.
             self._claims.finish(idempotency.key, revision, completed=False, reason=type(exc).__name__)
+            raise
+        except BaseException as exc:
+            # Outcome unknown (deadline, lost connection): the events may have committed.
+            # The claim stays pending; whoever meets it next looks for the events.
+            log.warning("append outcome unknown; idempotency claim left pending", key=idempotency.key,
+                        stream_id=stream_id, error=repr(exc))
             raise
         self._claims.finish(idempotency.key, revision, completed=True)
         return recorded
@@ -508,15 +522,18 @@ class KurrentDBEventStore:
         new = [to_new_event(e, ts) for e in encoded]
         if expected_version is not None:
             return self._append_at(stream_id, name, encoded, new, expected_version)
-        # "No check": append expecting the version just read, so the server still
-        # recognises a retry by its ids; a conflict only means "read again".
-        for _ in range(self._max_any_attempts):
-            current = self.stream_version(stream_id)
-            try:
-                return self._append_at(stream_id, name, encoded, new, current)
-            except ConcurrencyError:
-                continue
-        raise ConcurrencyError(stream_id, self.stream_version(stream_id), self.stream_version(stream_id))
+        # No check: StreamState.ANY, where the server recognises ids it stored recently in
+        # this stream (its idempotency cache) and stores them once. The events land at or
+        # after the version read first, or, when recognised, where they were stored before.
+        before = self.stream_version(stream_id)
+        ids = [e.id for e in new]
+        try:
+            self.client.append_to_stream(
+                name, events=new, current_version=StreamState.ANY, timeout=self._append_timeout
+            )
+        except WrongCurrentVersionError as exc:  # some of the ids stored, some not
+            raise ConcurrencyError(stream_id, before, from_current_version(exc.actual_version)) from None
+        return self._find_appended(stream_id, name, ids, before)
 
     def _append_at(
         self, stream_id: str, name: str, encoded: list[EncodedEvent], new: list[KNewEvent], version: int
@@ -534,6 +551,21 @@ class KurrentDBEventStore:
         if stored is None:
             raise RuntimeError(f"appended events are not at {stream_id}@{version + 1}")
         return stored
+
+    def _find_appended(
+        self, stream_id: str, name: str, ids: list[uuid.UUID], before: int
+    ) -> list[RecordedEvent]:
+        """The events with ``ids`` just appended with ``StreamState.ANY`` after ``before``."""
+        found = self.client.get_stream(name, stream_position=before)
+        at = next((i for i, e in enumerate(found) if e.id == ids[0]), None)
+        if at is None:
+            # Recognised as a repeat: the earlier copy lies before ``before``.
+            found = tuple(reversed(self.client.get_stream(name, backwards=True, limit=self._any_search)))
+            at = next((i for i, e in enumerate(found) if e.id == ids[0]), None)
+        chunk = found[at:at + len(ids)] if at is not None else ()
+        if [e.id for e in chunk] != ids:
+            raise RuntimeError(f"appended events not found in {stream_id} from version {before + 1}")
+        return [r for r in (decode_event(e, self.names) for e in chunk) if r is not None]
 
     def _stored_at(
         self, stream_id: str, name: str, ids: list[uuid.UUID], version: int
@@ -703,7 +735,7 @@ class _Waker:
             for _ in sub:
                 self._woken.set()
         except Exception as exc:
-            if not self._closing.is_set():
+            if not self._closing.is_set() and not self._store.closed:
                 log.warning("event store subscription dropped; resubscribing", error=repr(exc))
         finally:
             self._store._track(sub, add=False)
@@ -719,6 +751,8 @@ class _Waker:
             if self._woken.wait(min(remaining, 0.05)):
                 break
         self._woken.clear()
+        if self._store.closed:
+            raise AppenderClosed("event store is closed")
         if self._thread is not None and not self._thread.is_alive() and not self._closing.is_set():
             self._failures += 1
             if self._failures > 5:

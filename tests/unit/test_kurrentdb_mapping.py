@@ -24,10 +24,10 @@ from kurrentdbclient.streams import BaseStreamsService  # noqa: E402
 
 from adapters.eventstore import open_event_store  # noqa: E402
 from adapters.eventstore.codec import encode_event  # noqa: E402
+from adapters.eventstore.groupcommit import AppenderClosed  # noqa: E402
 from adapters.eventstore.kurrentdb import (  # noqa: E402
     EVENT_ID_NAMESPACE,
     KurrentDBEventStore,
-    StoreClosed,
     StreamNames,
     claim_state,
     decode_event,
@@ -51,6 +51,18 @@ def test_kurrentdb_url_keeps_client_options_and_takes_out_the_namespace() -> Non
 
     assert location.namespace == "desk_7"
     assert location.client_uri == "kurrentdb://db.internal:2113?tls=false&connectionName=tc"
+
+
+def test_kurrentdb_url_keeps_credentials_and_file_options() -> None:
+    location = parse_url("kurrentdb://admin:changeit@db:2113?namespace=n&tlsCaFile=/etc/ca%20dir/ca.crt")
+
+    assert location.namespace == "n"
+    assert location.client_uri.startswith("kurrentdb://admin:changeit@db:2113?")
+    from kurrentdbclient.connection_spec import ConnectionSpec
+
+    spec = ConnectionSpec(location.client_uri)
+    assert (spec.username, spec.password) == ("admin", "changeit")
+    assert spec.options.tls_ca_file == "/etc/ca dir/ca.crt"
 
 
 @pytest.mark.parametrize(
@@ -103,7 +115,7 @@ def test_closed_store_refuses_appends_and_reserved_stream_ids_are_refused_before
         with pytest.raises(ValueError):
             store.append(reserved, [note()], 0)
     store.close()
-    with pytest.raises(StoreClosed):
+    with pytest.raises(AppenderClosed):
         store.append("acct-1", [note()], 0)
 
 
