@@ -116,7 +116,8 @@ def kurrent_event_id(event_id: str) -> uuid.UUID:
         parsed = uuid.UUID(event_id)
     except ValueError:
         return uuid.uuid5(EVENT_ID_NAMESPACE, event_id)
-    # Only the canonical spelling maps to itself: "{ABC...}" and "abc..." are other ids.
+    # Only the canonical spelling maps to itself; "{...}", upper-case or hyphen-less spellings
+    # of the same UUID are other tradecore ids, so they get other KurrentDB ids.
     return parsed if str(parsed) == event_id else uuid.uuid5(EVENT_ID_NAMESPACE, event_id)
 
 
