@@ -45,7 +45,10 @@ class Snapshot:
 class EventStore(Protocol):
     """Append-only event log with per-stream optimistic concurrency and a global order.
 
-    Positions start at 1 and grow in commit order; stream versions start at 1.
+    Positions grow in commit order (a reader never sees a position before a smaller one);
+    stream versions start at 1. Memory, SQLite and PostgreSQL number positions 1, 2, 3...;
+    KurrentDB uses its commit positions, which are sparse: compare positions, never
+    subtract them to count events.
     """
 
     def append(

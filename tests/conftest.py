@@ -62,3 +62,76 @@ def postgres_dsn() -> Iterator[str]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+KURRENTDB_IMAGE = "kurrentplatform/kurrentdb:25.0"
+NO_KURRENTDB = (
+    "no KurrentDB server reachable: set KURRENTDB_URL (e.g. kurrentdb://127.0.0.1:2113?tls=false) "
+    "or make a Docker engine available for testcontainers"
+)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def _wait_for_kurrentdb(url: str, timeout: float = 60.0) -> None:
+    """Block until the server answers a read (a fresh container takes a few seconds)."""
+    import time
+
+    from kurrentdbclient import KurrentDBClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client = KurrentDBClient(url)
+            try:
+                client.get_commit_position(timeout=5)
+                return
+            finally:
+                client.close()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def kurrentdb_url() -> Iterator[str]:
+    """Yield the URL of a KurrentDB server: ``KURRENTDB_URL`` (or ``EVENTSTOREDB_URL``),
+    else a testcontainers KurrentDB when a Docker engine answers, else skip.
+
+    Each test isolates itself with its own stream namespace, so one server serves all.
+    """
+    pytest.importorskip("kurrentdbclient", reason="the eventstoredb extra (kurrentdbclient) is not installed")
+    url = os.environ.get("KURRENTDB_URL") or os.environ.get("EVENTSTOREDB_URL")
+    if url:
+        yield url
+        return
+    if not _docker_answers():
+        pytest.skip(NO_KURRENTDB)
+    from testcontainers.core.container import DockerContainer
+
+    container = (
+        DockerContainer(KURRENTDB_IMAGE)
+        .with_env("KURRENTDB_INSECURE", "true")
+        .with_env("KURRENTDB_MEM_DB", "true")
+        .with_exposed_ports(2113)
+    )
+    container.start()
+    try:
+        host, port = container.get_container_host_ip(), container.get_exposed_port(2113)
+        url = f"kurrentdb://{host}:{port}?tls=false"
+        _wait_for_kurrentdb(url)
+        yield url
+    finally:
+        container.stop()

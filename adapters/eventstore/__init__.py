@@ -7,6 +7,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from commands.ports import EventStore
 from domain.clock import Clock
 
+# The same list as ``adapters.eventstore.kurrentdb.SCHEMES`` (kept here so that choosing a
+# backend does not import kurrentdbclient, an optional dependency).
+_KURRENTDB_SCHEMES = ("kurrentdb", "kurrentdb+discover", "esdb", "esdb+discover", "kdb", "kdb+discover")
+
 
 def open_event_store(url: str, clock: Clock) -> EventStore:
     """Open the event store that ``url`` names.
@@ -15,7 +19,10 @@ def open_event_store(url: str, clock: Clock) -> EventStore:
     - ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` (SQLAlchemy style);
     - ``postgresql://user@host:port/db[?schema=name]`` (also ``postgres://`` and
       ``postgresql+psycopg://``); ``schema`` selects the PostgreSQL schema (default public),
-      other query parameters go to libpq.
+      other query parameters go to libpq;
+    - ``kurrentdb://host:2113?tls=false[&namespace=name]`` (also ``esdb://``, ``kdb://`` and
+      their ``+discover`` forms): KurrentDB/EventStoreDB; ``namespace`` prefixes every stream
+      name, other query parameters go to ``kurrentdbclient``. Its positions are sparse.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -39,4 +46,8 @@ def open_event_store(url: str, clock: Clock) -> EventStore:
         schema = next((v for k, v in query if k == "schema"), "public")
         dsn = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
         return PostgresEventStore(dsn, clock, schema=schema)
+    if scheme in _KURRENTDB_SCHEMES:
+        from adapters.eventstore.kurrentdb import KurrentDBEventStore
+
+        return KurrentDBEventStore(url, clock)
     raise ValueError(f"unknown event store scheme {scheme!r} in {url!r}")

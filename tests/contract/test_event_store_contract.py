@@ -1,6 +1,7 @@
 """The event store contract: one suite, run against every backend.
 
-``store`` runs on memory, SQLite and PostgreSQL. ``durable_backend`` (SQLite, PostgreSQL)
+``store`` runs on memory, SQLite, PostgreSQL and KurrentDB (when a server is reachable:
+``KURRENTDB_URL``, else testcontainers, else skipped). ``durable_backend`` (SQLite, PostgreSQL)
 adds what only a database can show: several store instances on one log (standing for
 several processes), transactions held open or failed on purpose (the stores'
 ``before_commit`` hook), and closing.
@@ -72,6 +73,52 @@ def idem(key: str, fingerprint: str = "fp-1") -> IdempotencyRecord:
 
 def positions(events: Sequence[RecordedEvent]) -> list[int]:
     return [e.position for e in events]
+
+
+def dense(store: EventStore) -> bool:
+    """Whether ``store`` numbers positions 1, 2, 3... (KurrentDB uses sparse commit positions)."""
+    return bool(getattr(store, "positions_are_dense", True))
+
+
+def ranks(store: EventStore, events: Sequence[RecordedEvent]) -> list[int]:
+    """Positions as a dense store numbers them: each event's 1-based rank in the global order.
+
+    For a dense store these ARE the positions, so its assertions are unchanged. For a
+    sparse one the rank is the same claim ("the 3rd event of the log") made on its log,
+    after checking that the log's positions strictly increase.
+    """
+    if dense(store):
+        return positions(events)
+    index = _rank_index(store)
+    return [index[e.position] for e in events]
+
+
+def rank(store: EventStore, position: int) -> int:
+    """The rank of a position (0 for 0) as ``ranks`` counts it."""
+    return position if dense(store) or position == 0 else _rank_index(store)[position]
+
+
+def position_at(store: EventStore, n: int) -> int:
+    """The position of the ``n``-th event of the log (0 for 0): what ``read_all(n)`` means."""
+    return n if dense(store) or n == 0 else read_everything(store)[n - 1].position
+
+
+def _rank_index(store: EventStore) -> dict[int, int]:
+    log = positions(read_everything(store))
+    assert all(a < b for a, b in zip(log, log[1:], strict=False)), "positions do not increase"
+    return {p: i for i, p in enumerate(log, start=1)}
+
+
+def detects_stored_event_ids(store: EventStore) -> bool:
+    """Whether an event id stored anywhere in the log is refused (KurrentDB has no such index)."""
+    return bool(getattr(store, "detects_stored_event_ids", True))
+
+
+KURRENTDB_IDS = (
+    "KurrentDB does not index event ids: it only recognises ids re-sent at the same expected "
+    "version (a retried append); an id stored before the expected version or in another stream "
+    "is not detected (see adapters/eventstore/kurrentdb.py)"
+)
 
 
 def read_everything(store: EventStore) -> list[RecordedEvent]:
@@ -166,6 +213,7 @@ class Backend:
     clock: ManualClock
     opener: Callable[..., EventStore]
     durable: bool = True
+    """A database with the ``before_commit`` hook and group commit (SQLite, PostgreSQL)."""
     stores: list[EventStore] = field(default_factory=list)
 
     def open(self, **options: Any) -> EventStore:
@@ -186,6 +234,17 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backe
     if kind == "sqlite":
         path = tmp_path / "events.db"
         return Backend("sqlite", clock, lambda **kw: SqliteEventStore(path, clock, **kw))
+    if kind == "kurrentdb":
+        url: str = request.getfixturevalue("kurrentdb_url")  # skips when no server is reachable
+        from adapters.eventstore.kurrentdb import KurrentDBEventStore
+
+        namespace = f"contract_{uuid.uuid4().hex[:12]}"  # one fresh log per test on a shared server
+        return Backend(
+            "kurrentdb",
+            clock,
+            lambda **kw: KurrentDBEventStore(url, clock, namespace=namespace, poll_interval=0.2, **kw),
+            durable=False,
+        )
     from adapters.eventstore.postgres import PostgresEventStore
 
     dsn: str = request.getfixturevalue("postgres_dsn")
@@ -199,7 +258,12 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backe
     )
 
 
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+ALL = [
+    "memory",
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("kurrentdb", marks=pytest.mark.kurrentdb),
+]
 DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
@@ -241,12 +305,12 @@ def test_append_numbers_versions_per_stream_and_positions_globally_from_one(
     b1 = store.append("acct-2", [note(n=3)], 0)
     a2 = store.append("acct-1", [note(n=4)], 2)
 
-    assert [(e.stream_id, e.version, e.position) for e in a1 + b1 + a2] == [
+    assert [(e.stream_id, e.version, p) for e, p in zip(a1 + b1 + a2, ranks(store, a1 + b1 + a2), strict=True)] == [
         ("acct-1", 1, 1), ("acct-1", 2, 2), ("acct-2", 1, 3), ("acct-1", 3, 4),
     ]
     assert store.stream_version("acct-1") == 3
     assert store.stream_version("acct-2") == 1
-    assert store.last_position() == 4
+    assert rank(store, store.last_position()) == 4
 
 
 def test_read_stream_returns_what_append_returned(store: EventStore) -> None:
@@ -272,11 +336,11 @@ def test_read_all_is_in_global_order_from_a_position_and_limited(store: EventSto
         store.append(f"acct-{i % 3}", [note(n=i)], None)
 
     everything = store.read_all()
-    assert positions(everything) == [1, 2, 3, 4, 5, 6, 7]
+    assert ranks(store, everything) == [1, 2, 3, 4, 5, 6, 7]
     assert [e.event.n for e in everything] == [1, 2, 3, 4, 5, 6, 7]  # type: ignore[attr-defined]
-    assert positions(store.read_all(3, limit=2)) == [4, 5]
-    assert positions(store.read_all(5)) == [6, 7]
-    assert store.read_all(7) == []
+    assert ranks(store, store.read_all(position_at(store, 3), limit=2)) == [4, 5]
+    assert ranks(store, store.read_all(position_at(store, 5))) == [6, 7]
+    assert store.read_all(position_at(store, 7)) == []
 
 
 def test_multi_event_append_is_one_contiguous_atomic_unit(store: EventStore) -> None:
@@ -285,7 +349,7 @@ def test_multi_event_append_is_one_contiguous_atomic_unit(store: EventStore) -> 
     appended = store.append("acct-1", [note(n=1), note(n=2), note(n=3)], 0)
 
     assert [e.version for e in appended] == [1, 2, 3]
-    assert positions(appended) == [2, 3, 4]
+    assert ranks(store, appended) == [2, 3, 4]
 
 
 def test_append_with_wrong_expected_version_raises_concurrency_error(store: EventStore) -> None:
@@ -296,7 +360,7 @@ def test_append_with_wrong_expected_version_raises_concurrency_error(store: Even
 
     assert (info.value.stream_id, info.value.expected, info.value.actual) == ("acct-1", 1, 2)
     assert store.stream_version("acct-1") == 2
-    assert store.last_position() == 2
+    assert rank(store, store.last_position()) == 2
 
 
 def test_append_expecting_an_empty_stream_fails_on_a_non_empty_one(store: EventStore) -> None:
@@ -306,7 +370,7 @@ def test_append_expecting_an_empty_stream_fails_on_a_non_empty_one(store: EventS
         store.append("acct-1", [note()], 0)
 
     assert (info.value.expected, info.value.actual) == (0, 1)
-    assert store.last_position() == 1
+    assert rank(store, store.last_position()) == 1
 
 
 def test_append_expecting_a_version_of_an_empty_stream_fails(store: EventStore) -> None:
@@ -335,22 +399,26 @@ def test_retrying_an_append_whose_events_are_stored_returns_the_stored_events(
     retried = store.append("acct-1", events, 0)
 
     assert [r.to_dict() for r in retried] == [f.to_dict() for f in first]
-    assert store.last_position() == 2
+    assert rank(store, store.last_position()) == 2
 
 
 def test_append_mixing_stored_and_new_event_ids_raises_and_stores_nothing(
     store: EventStore,
 ) -> None:
+    if not detects_stored_event_ids(store):
+        pytest.skip(KURRENTDB_IDS)
     stored = note("stored")
     store.append("acct-1", [stored], 0)
 
     with pytest.raises(ConcurrencyError):
         store.append("acct-1", [stored, note("new")], 1)
 
-    assert store.last_position() == 1
+    assert rank(store, store.last_position()) == 1
 
 
 def test_event_id_stored_in_another_stream_is_not_stored_twice(store: EventStore) -> None:
+    if not detects_stored_event_ids(store):
+        pytest.skip(KURRENTDB_IDS)
     stored = note("stored")
     store.append("acct-1", [stored], 0)
 
@@ -358,7 +426,7 @@ def test_event_id_stored_in_another_stream_is_not_stored_twice(store: EventStore
         store.append("acct-2", [stored], 0)
 
     assert store.stream_version("acct-2") == 0
-    assert store.last_position() == 1
+    assert rank(store, store.last_position()) == 1
 
 
 def test_the_same_event_id_twice_in_one_append_is_refused(store: EventStore) -> None:
@@ -397,7 +465,7 @@ def test_reused_idempotency_key_raises_already_handled_and_appends_nothing(
         store.append("acct-2", [note()], 0, idempotency=idem("cmd-42", fingerprint="second"))
 
     assert info.value.record == first
-    assert store.last_position() == 1
+    assert rank(store, store.last_position()) == 1
     assert store.stream_version("acct-2") == 0
 
 
@@ -513,7 +581,7 @@ def test_subscribe_delivers_everything_in_order_and_stops_when_told(store: Event
     assert not thread.is_alive(), "subscribe did not stop"
     assert outcome.error is None
     delivered = [e for chunk in chunks for e in chunk]
-    assert positions(delivered)[:40] == list(range(1, 41))
+    assert ranks(store, delivered)[:40] == list(range(1, 41))
     assert [e.event.n for e in delivered[:40]] == list(range(40))  # type: ignore[attr-defined]
     assert all(0 < len(c) <= 10 for c in chunks)
 
@@ -523,9 +591,9 @@ def test_subscribe_from_a_position_starts_after_it(store: EventStore) -> None:
         store.append("acct-1", [note(n=i)], None)
     stop = threading.Event()
 
-    first = next(iter(store.subscribe(4, stop=stop)))
+    first = next(iter(store.subscribe(position_at(store, 4), stop=stop)))
 
-    assert positions(first) == [5, 6]
+    assert ranks(store, first) == [5, 6]
 
 
 def test_subscriber_wakes_on_a_new_commit_before_its_poll_interval(store: EventStore) -> None:
@@ -566,7 +634,7 @@ def test_concurrent_appends_to_distinct_streams_lose_and_duplicate_nothing(
     run_threads(threads, writer)
 
     everything = read_everything(store)
-    assert positions(everything) == list(range(1, threads * per_thread + 1))
+    assert ranks(store, everything) == list(range(1, threads * per_thread + 1))
     assert len({e.event_id for e in everything}) == threads * per_thread
     for i in range(threads):
         stream = store.read_stream(f"acct-{i}")
@@ -646,6 +714,10 @@ def test_one_bad_request_in_a_batch_fails_alone(backend: Backend) -> None:
         "cross_a": lambda: store.append("cross-a", [cross_id], 0),
         "cross_b": lambda: store.append("cross-b", [cross_id], 0),
     }
+    ids_checked = detects_stored_event_ids(store)
+    if not ids_checked:  # backend-specific: see KURRENTDB_IDS ("retry" re-sends at a newer version)
+        for name in ("mixed_ids", "retry", "cross_a", "cross_b"):
+            del calls[name]
     if backend.durable:
         hook.hold_next()
         blocker, _ = start(lambda: store.append("blocker", [note()], 0))
@@ -666,18 +738,20 @@ def test_one_bad_request_in_a_batch_fails_alone(backend: Backend) -> None:
     assert isinstance(wrong, ConcurrencyError) and (wrong.expected, wrong.actual) == (0, 1)
     already = out["used_key"].error
     assert isinstance(already, AlreadyHandled) and already.record == used
-    assert isinstance(out["mixed_ids"].error, ConcurrencyError)
-    assert out["retry"].error is None and out["retry"].value[0].position == 1
+    if ids_checked:
+        assert isinstance(out["mixed_ids"].error, ConcurrencyError)
+        assert out["retry"].error is None and ranks(store, out["retry"].value) == [1]
     race = sorted([out["race_a"], out["race_b"]], key=lambda o: o.error is not None)
     assert race[0].error is None and isinstance(race[1].error, ConcurrencyError)
     keys = sorted([out["key_a"], out["key_b"]], key=lambda o: o.error is not None)
     assert keys[0].error is None and isinstance(keys[1].error, AlreadyHandled)
     assert out["same_id_a"].error is None and out["same_id_b"].error is None
     assert positions(out["same_id_a"].value) == positions(out["same_id_b"].value)
-    cross = sorted([out["cross_a"], out["cross_b"]], key=lambda o: o.error is not None)
-    assert cross[0].error is None and isinstance(cross[1].error, ConcurrencyError)
+    if ids_checked:
+        cross = sorted([out["cross_a"], out["cross_b"]], key=lambda o: o.error is not None)
+        assert cross[0].error is None and isinstance(cross[1].error, ConcurrencyError)
     everything = read_everything(store)
-    assert positions(everything) == list(range(1, len(everything) + 1))
+    assert ranks(store, everything) == list(range(1, len(everything) + 1))
     assert store.stream_version("full") == 1
     if backend.durable:
         appended = {
@@ -980,5 +1054,126 @@ def test_open_event_store_picks_postgres_and_its_schema_from_the_url(postgres_ds
     try:
         assert isinstance(store, PostgresEventStore) and store.schema == schema
         assert positions(store.append("acct-1", [note()], 0)) == [1]
+    finally:
+        store.close()
+
+
+# --- KurrentDB specifics (run where a server is reachable) ----------------------------
+#
+# KurrentDB has no ``before_commit`` hook and no group commit, so the durable-backend tests
+# above do not apply; these state the same guarantees in its terms.
+
+
+@pytest.fixture
+def kurrent(kurrentdb_url: str) -> Iterator[Callable[..., Any]]:
+    """Open KurrentDB stores; each call with the same ``namespace`` shares one log."""
+    from adapters.eventstore.kurrentdb import KurrentDBEventStore
+
+    opened: list[KurrentDBEventStore] = []
+    default = f"contract_{uuid.uuid4().hex[:12]}"
+
+    def open_store(namespace: str = default, **options: Any) -> KurrentDBEventStore:
+        store = KurrentDBEventStore(kurrentdb_url, ManualClock(), namespace=namespace, **options)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in reversed(opened):
+        store.close()
+
+
+@pytest.mark.kurrentdb
+def test_kurrentdb_tailer_with_writers_on_two_instances_never_skips(kurrent: Callable[..., Any]) -> None:
+    first, second, reader = kurrent(), kurrent(), kurrent()
+    writers, per_writer = 8, 10
+    total = writers * per_writer
+    stop = threading.Event()
+    chunks: list[list[RecordedEvent]] = []
+
+    def tail() -> None:
+        for chunk in reader.subscribe(0, stop=stop, batch=7):
+            chunks.append(chunk)
+
+    tailer, tail_outcome = start(tail)
+
+    def writer(i: int) -> None:
+        store = first if i % 2 else second
+        for v in range(per_writer):
+            store.append(f"acct-{i}", [note(f"w{i}", v)], v)
+
+    run_threads(writers, writer, timeout=60)
+    wait_until(lambda: sum(map(len, chunks)) >= total, timeout=30, what="every event at the tailer")
+    stop.set()
+    tailer.join(5)
+
+    seen = [e for chunk in chunks for e in chunk]
+    assert tail_outcome.error is None
+    assert [e.event_id for e in seen] == [e.event_id for e in read_everything(reader)]
+    assert all(a < b for a, b in zip(positions(seen), positions(seen)[1:], strict=False))
+    assert len({e.event_id for e in seen}) == total
+
+
+@pytest.mark.kurrentdb
+def test_kurrentdb_namespaces_do_not_see_each_other_nor_the_adapter_streams(
+    kurrent: Callable[..., Any],
+) -> None:
+    ours, theirs = kurrent(), kurrent(namespace=f"other_{uuid.uuid4().hex[:8]}")
+    ours.append("acct-1", [note("ours")], 0, idempotency=idem("k-1"))
+    ours.save_snapshot(Snapshot("acct-1", 1, "account-v1", {"cash": "1"}))
+    theirs.append("acct-1", [note("theirs")], 0)
+
+    [only] = ours.read_all()
+
+    assert only.event.text == "ours"  # type: ignore[attr-defined]
+    assert ours.last_position() == only.position
+    assert ours.stream_version("acct-1") == theirs.stream_version("acct-1") == 1
+    assert theirs.lookup_idempotency("k-1") is None and ours.lookup_idempotency("k-1") == idem("k-1")
+
+
+@pytest.mark.kurrentdb
+def test_kurrentdb_claim_left_pending_after_the_events_were_stored_counts_as_handled(
+    kurrent: Callable[..., Any],
+) -> None:
+    from adapters.eventstore.codec import encode_events
+
+    store = kurrent()
+    events = [note("crash after append")]
+    # A writer that died between its append and marking the claim completed.
+    store._claims.claim(idem("k-crash"), "acct-1", 0, encode_events(events))
+    store.append("acct-1", events, 0)
+
+    assert store.lookup_idempotency("k-crash") == idem("k-crash")
+    with pytest.raises(AlreadyHandled):
+        store.append("acct-1", [note()], 1, idempotency=idem("k-crash"))
+    assert store.stream_version("acct-1") == 1
+
+
+@pytest.mark.kurrentdb
+def test_kurrentdb_claim_left_pending_whose_append_can_no_longer_succeed_is_released(
+    kurrent: Callable[..., Any],
+) -> None:
+    from adapters.eventstore.codec import encode_events
+
+    store = kurrent()
+    # A writer that died between claiming and appending; then the stream moved on.
+    store._claims.claim(idem("k-dead"), "acct-1", 0, encode_events([note("never stored")]))
+    store.append("acct-1", [note("someone else")], 0)
+
+    assert store.lookup_idempotency("k-dead") is None
+    appended = store.append("acct-1", [note("retried")], 1, idempotency=idem("k-dead"))
+    assert [e.version for e in appended] == [2]
+    assert store.lookup_idempotency("k-dead") == idem("k-dead")
+
+
+@pytest.mark.kurrentdb
+def test_open_event_store_picks_kurrentdb_from_the_url(kurrentdb_url: str) -> None:
+    from adapters.eventstore.kurrentdb import KurrentDBEventStore
+
+    namespace = f"url_{uuid.uuid4().hex[:8]}"
+    separator = "&" if "?" in kurrentdb_url else "?"
+    store = open_event_store(f"{kurrentdb_url}{separator}namespace={namespace}", ManualClock())
+    try:
+        assert isinstance(store, KurrentDBEventStore) and store.namespace == namespace
+        assert [e.version for e in store.append("acct-1", [note()], 0)] == [1]
     finally:
         store.close()

@@ -41,6 +41,6 @@ def test_every_cli_command_is_documented() -> None:
 
 def test_readme_gives_the_two_fresh_machine_commands() -> None:
     assert "pip install -c requirements.lock -e . && .venv/bin/tradecore serve" in README
-    assert "pip install -c requirements.lock -e '.[dev,postgres,kafka]' && bash .ci/test" in README
+    assert "pip install -c requirements.lock -e '.[dev,postgres,kafka,eventstoredb]' && bash .ci/test" in README
     ci_test = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "bash .ci/test" in ci_test
