@@ -178,16 +178,16 @@ class UpdatesFollower:
                 except Exception as exc:
                     self.counts["failures"] += 1
                     self.last_error = repr(exc)
-                    was = self.state
+                    was_following = self.state in ("connected", "stalled")
+                    if was_following:
+                        backoff = self._backoff_initial  # it worked until now: retry soon
                     self.state = "reconnecting"
                     delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
-                    log.warning("updates.disconnected" if was in ("connected", "stalled") else "updates.connect_failed",
+                    log.warning("updates.disconnected" if was_following else "updates.connect_failed",
                                 topic=self.topic, error=repr(exc), retry_in=round(delay, 3),
                                 failures=self.counts["failures"])
                     await asyncio.sleep(delay)
                     backoff = min(backoff * 2, self._backoff_max)
-                    continue
-                backoff = self._backoff_initial
         finally:
             self.state = "stopped"
 
