@@ -3,12 +3,14 @@
 ``create_app(settings)`` wires the embedded system (or the ``system`` it is given), the
 read store, the projection runner, auth, rate limits, metrics and the WebSocket hub; the
 lifespan starts the background work (projection runner and paper venue threads, the
-WebSocket dispatcher task) through ``adapters.tasks`` and stops it again.
+WebSocket dispatcher task, and in distributed mode the Kafka updates follower of
+``api.updates``) through ``adapters.tasks`` and stops it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 from collections.abc import AsyncIterator
@@ -21,9 +23,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 
 from adapters.bootstrap import System, bootstrap
+from adapters.kafka.settings import KafkaSettings
 from adapters.readstore import open_read_store
 from adapters.settings import Settings
-from adapters.tasks import Supervised, spawn_task, spawn_thread
+from adapters.tasks import REGISTRY, Supervised, spawn_task, spawn_thread
 from api import errors
 from api.auth import Passwords, Tokens
 from api.context import ApiContext, PortfolioCache
@@ -53,6 +56,7 @@ from api.routers import (
 )
 from api.schemas import ERROR_RESPONSES
 from api.settings import ApiSettings
+from api.updates import build_follower, should_follow
 from api.ws import Hub
 from api.ws import router as ws_router
 from commands.user_handlers import ChangeRole, RegisterUser
@@ -111,8 +115,13 @@ def create_app(
     *,
     api_settings: ApiSettings | None = None,
     read_store: ReadStore | None = None,
+    kafka: KafkaSettings | None = None,
 ) -> FastAPI:
-    """Build the app; ``system`` and ``read_store`` given here are not closed by it."""
+    """Build the app; ``system`` and ``read_store`` given here are not closed by it.
+
+    ``kafka`` is where the updates follower reads change notices (default: from the
+    environment); it is only used when the app follows them (``ApiSettings.follow_updates``).
+    """
     settings = settings or Settings()
     api_settings = api_settings or ApiSettings(environment=settings.environment)
     if api_settings.environment != settings.environment:
@@ -130,7 +139,13 @@ def create_app(
     metrics = ApiMetrics()
     metrics.watch(system.store, read_store)
     system.bus.on_committed.append(metrics.on_committed)
-    cache = PortfolioCache() if (api_settings.portfolio_cache and runner is not None) else None
+    following = should_follow(api_settings)
+    # Following, the cache stays suspended until the follower is connected (see api.updates).
+    cache = (
+        PortfolioCache(live=runner is not None)
+        if (api_settings.portfolio_cache and (runner is not None or following))
+        else None
+    )
     ctx = ApiContext(
         settings=settings,
         api=api_settings,
@@ -149,6 +164,9 @@ def create_app(
         if cache is not None:
             runner.add_listener(cache.on_change)
         runner.add_listener(hub.on_change)
+    follower = build_follower(kafka, hub, cache) if following else None
+    if follower is not None:
+        ctx.extras["updates"] = follower
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -163,6 +181,13 @@ def create_app(
             threads["paper-venue"] = spawn_thread("paper-venue", system.paper.run, ctx.stop)
         ctx.extras["tasks"] = threads
         dispatcher = spawn_task("ws-dispatcher", hub.run())
+        follow: asyncio.Task[None] | None = None
+        if follower is not None:
+            from streams.agents import install_fetch_wait_floor
+
+            install_fetch_wait_floor(follower.settings.fetch_wait_floor_ms)  # an idle fetch must not spin
+            follow = spawn_task("updates-follower", follower.run())
+            threads["updates-follower"] = REGISTRY["updates-follower"]
         # Start-up objects (routes, models, settings) live for the whole process: keeping them
         # out of the collector's generations makes full collections, and tail latency, smaller.
         gc.collect()
@@ -173,6 +198,10 @@ def create_app(
         finally:
             ctx.stop.set()
             dispatcher.cancel()
+            if follow is not None:
+                follow.cancel()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(follow, 10.0)
             for sup in threads.values():
                 await anyio.to_thread.run_sync(sup.finished.wait, 5.0)
             for obj in owned:

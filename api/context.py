@@ -3,7 +3,8 @@
 ``ApiContext`` is built by ``create_app`` and stored on ``app.state.ctx``; routers reach
 it through the dependencies in ``api.deps``. It sends commands (timed and counted), loads
 aggregates for exact write-side reads and ownership checks, and caches portfolio reads
-until the in-process runner reports a change to their rows.
+until the in-process runner (or, in distributed mode, a Kafka change notice followed by
+``api.updates``) reports a change to their rows.
 """
 
 from __future__ import annotations
@@ -72,22 +73,43 @@ class Caller:
 class PortfolioCache:
     """Portfolio reads by (owner, mode), dropped when their accounts' rows change.
 
-    A generation counter keeps a read that raced with a change from being stored.
+    A generation counter keeps a read that raced with a change from being stored. A
+    suspended cache (``live=False``: nobody reports changes, e.g. the updates follower is
+    not connected) neither serves nor stores anything.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, live: bool = True) -> None:
         self._items: dict[tuple[str, str], tuple[frozenset[str], Any]] = {}
         self._generation = 0
+        self._live = live
         self._lock = threading.Lock()
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def suspend(self) -> None:
+        """Stop serving and storing (changes would go unseen), and forget everything."""
+        with self._lock:
+            self._live = False
+            self._generation += 1
+            self._items.clear()
+
+    def resume(self) -> None:
+        """Serve again from an empty cache (changes are reported again from now on)."""
+        with self._lock:
+            self._generation += 1
+            self._items.clear()
+            self._live = True
 
     def get(self, owner: str, mode: str) -> tuple[int, Any | None]:
         with self._lock:
-            hit = self._items.get((owner, mode))
+            hit = self._items.get((owner, mode)) if self._live else None
             return self._generation, None if hit is None else hit[1]
 
     def put(self, owner: str, mode: str, accounts: frozenset[str], value: Any, generation: int) -> None:
         with self._lock:
-            if generation == self._generation:
+            if self._live and generation == self._generation:
                 self._items[(owner, mode)] = (accounts, value)
 
     def invalidate(self, accounts: set[str] | None) -> None:

@@ -61,6 +61,11 @@ class ApiSettings(BaseSettings):
         default=None, description="admin price-setting endpoint; default on in development/test only"
     )
     portfolio_cache: bool = Field(default=True, description="cache portfolio reads until their rows change")
+    follow_updates: bool | None = Field(
+        default=None,
+        description="follow the workers' change notices on Kafka (tradecore.projection-updates) to feed "
+        "WebSocket pushes and the portfolio cache; default: on exactly when run_projections is off",
+    )
 
     @field_validator("rate_limit_default", "rate_limit_auth", "rate_limit_anonymous")
     @classmethod
@@ -74,6 +79,13 @@ class ApiSettings(BaseSettings):
         if isinstance(v, str):
             return tuple(s.strip() for s in v.split(",") if s.strip())
         return v
+
+    @model_validator(mode="after")
+    def _one_source_of_changes(self) -> Self:
+        if self.follow_updates and self.run_projections:
+            raise ValueError("TRADECORE_FOLLOW_UPDATES needs TRADECORE_RUN_PROJECTIONS=false: the in-process "
+                             "runner already reports every change")
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
@@ -93,6 +105,11 @@ class ApiSettings(BaseSettings):
     @property
     def relaxed(self) -> bool:
         return self.environment in RELAXED_ENVIRONMENTS
+
+    @property
+    def following_updates(self) -> bool:
+        """Whether this API follows the Kafka change notices (see ``follow_updates``)."""
+        return not self.run_projections if self.follow_updates is None else self.follow_updates
 
     @property
     def simulation(self) -> bool:

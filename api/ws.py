@@ -6,10 +6,17 @@ token goes in the query string (``?token=...``); a missing or invalid one closes
 socket with 1008 (policy violation).
 
 The projection runner calls ``Hub.on_change`` (in its own thread) after every commit with
-the changed keys per table; the hub hands them to its dispatcher task on the event loop,
-which reads the changed rows once, keeps those of each connection's own accounts and
-queues them on that connection. Each connection writes from its own bounded queue, so a
-slow client never holds up the others (its oldest messages are dropped).
+the changed keys per table; in distributed mode the updates follower (``api.updates``)
+calls it for every change notice the workers publish on Kafka. The hub hands the change
+to its dispatcher task on the event loop, which reads the changed rows once, keeps those
+of each connection's own accounts and queues them on that connection. Each connection
+writes from its own bounded queue, so a slow client never holds up the others (its oldest
+messages are dropped).
+
+When the changed keys are not known (a notice whose table changed too many rows to list
+them, or the follower (re)connecting after notices may have been missed), ``Hub.refresh``
+sends the affected connections a fresh ``snapshot``: a snapshot can come again at any
+time and replaces everything the client holds for that channel.
 
 Messages: ``{"type": "snapshot" | "update", "channel", "data", "timestamp"}``; market data
 follows seed 004: subscribe with ``{"type": "subscribe", "symbols": [...]}``, receive
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -174,6 +181,17 @@ def performance(ctx: ApiContext, conn: Connection) -> dict[str, Any]:
     return PerformanceOut.model_validate(row).model_dump(mode="json", by_alias=True)
 
 
+def channels_for(projection: str, tables: Iterable[str]) -> set[str]:
+    """The channels that show rows of ``tables`` of ``projection`` (as ``Hub.dispatch`` routes them)."""
+    names = set(tables)
+    out = {channel for channel, shown in ROW_TABLES.items() if names & shown.keys()}
+    if projection == "portfolio":
+        out |= {"portfolio", "performance-metrics"}
+    elif projection == "performance":
+        out.add("performance-metrics")
+    return out
+
+
 def _accounts_of(changed: dict[str, set[str]]) -> set[str]:
     out: set[str] = set()
     for key in changed.get(_pf.ACCOUNTS, ()):
@@ -192,12 +210,14 @@ class Hub:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.connections: dict[str, set[Connection]] = {name: set() for name in CHANNELS}
-        self._queue: asyncio.Queue[tuple[str, dict[str, set[str]]]] | None = None
+        self._queue: asyncio.Queue[tuple[str, dict[str, set[str]]] | None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._refresh: set[str] = set()  # channels to resend snapshots of (a None in the queue)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queue = asyncio.Queue()
+        self._refresh = set()
 
     def on_change(self, projection: str, changed: dict[str, set[str]]) -> None:
         """Runner listener (runner thread): hand the change to the loop."""
@@ -208,6 +228,25 @@ class Hub:
             return
         with contextlib.suppress(RuntimeError):  # the loop is shutting down
             loop.call_soon_threadsafe(queue.put_nowait, (projection, changed))
+
+    def refresh(self, channels: Iterable[str] | None = None) -> None:
+        """Send a fresh snapshot to every connection of ``channels`` (None: every channel); any thread."""
+        wanted = frozenset(c for c in (CHANNELS if channels is None else channels) if c != "market-data")
+        loop, queue = self._loop, self._queue
+        if loop is None or queue is None or loop.is_closed():
+            return
+        if not any(self.connections[c] for c in wanted):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
+            loop.call_soon_threadsafe(self._queue_refresh, wanted)
+
+    def _queue_refresh(self, channels: frozenset[str]) -> None:
+        # Refreshes coalesce: one queued marker, however many notices asked for one meanwhile
+        # (every push reads the rows as they are when it is sent, so order does not matter).
+        assert self._queue is not None
+        if not self._refresh:
+            self._queue.put_nowait(None)
+        self._refresh |= channels
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.channel].add(conn)
@@ -221,11 +260,27 @@ class Hub:
     async def run(self) -> None:
         assert self._queue is not None
         while True:
-            projection, changed = await self._queue.get()
+            item = await self._queue.get()
             try:
-                await self.dispatch(projection, changed)
+                if item is None:
+                    channels, self._refresh = frozenset(self._refresh), set()
+                    await self.resend_snapshots(channels)
+                else:
+                    await self.dispatch(*item)
             except Exception:
-                log.exception("ws.dispatch_failed", projection=projection)
+                log.exception("ws.dispatch_failed", item=repr(item)[:200])
+
+    async def resend_snapshots(self, channels: frozenset[str]) -> None:
+        """A fresh snapshot for every connection of ``channels`` (one query per caller and view)."""
+        built: dict[tuple[str, str, str, str], Any] = {}
+        for channel in sorted(channels):
+            for conn in list(self.connections[channel]):
+                view = (channel, conn.caller.user_id, conn.mode, conn.period)
+                if view not in built:
+                    built[view] = await anyio.to_thread.run_sync(
+                        lambda c=conn: _json(snapshot(self.ctx, c))  # type: ignore[misc]
+                    )
+                conn.push({"type": "snapshot", "channel": channel, "data": built[view], "timestamp": _now()})
 
     async def dispatch(self, projection: str, changed: dict[str, set[str]]) -> None:
         for channel, tables in ROW_TABLES.items():

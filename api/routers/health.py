@@ -1,4 +1,9 @@
-"""Health: a cheap liveness answer, and a detailed one (stores, read-model lag, broker, tasks)."""
+"""Health: a cheap liveness answer, and a detailed one (stores, read-model lag, broker, tasks).
+
+In distributed mode the ``broker`` service is the Kafka updates follower's connection
+(``degraded`` while it reconnects: reads and commands work, WebSocket pushes and the
+portfolio cache wait), and ``updates`` shows what it has followed.
+"""
 
 from __future__ import annotations
 
@@ -44,12 +49,33 @@ class TaskOut(ApiModel):
     error: str | None
 
 
+class UpdatesOut(ApiModel):
+    """The Kafka change-notice follower (distributed mode)."""
+
+    topic: str
+    state: str
+    connected: bool
+    connected_since: datetime | None
+    last_notice_at: datetime | None
+    last_notice_delay: float | None = None
+    lag: int | None = None
+    last_error: str | None = None
+    positions: dict[str, int]
+    notices: int
+    truncated: int
+    malformed: int
+    resyncs: int
+    failures: int
+    listener_errors: int
+
+
 class DetailedHealthOut(HealthOut):
     event_store_position: int | None
     max_lag: int | None
     services: list[ServiceOut]
     projections: list[ProjectionOut]
     tasks: list[TaskOut]
+    updates: UpdatesOut | None = None
 
 
 def _timed(fn: object) -> tuple[object, float]:
@@ -103,13 +129,26 @@ def detailed(caller: Admin, ctx: Ctx) -> DetailedHealthOut:
         services.append(ServiceOut(service="read_store", status="healthy", response_time=round(ms, 3)))
     except Exception as exc:
         services.append(ServiceOut(service="read_store", status="unhealthy", detail=type(exc).__name__))
-    services.append(
-        ServiceOut(
-            service="broker",
-            status="not_configured",
-            detail="embedded mode: projections run in process" if ctx.runner is not None else "no in-process runner",
+    follower = ctx.extras.get("updates")
+    updates = UpdatesOut.model_validate(follower.status()) if follower is not None else None
+    if updates is not None:
+        services.append(
+            ServiceOut(
+                service="broker",
+                status="healthy" if updates.connected else "degraded",
+                detail=f"following {updates.topic}: {updates.state}"
+                + (f" ({updates.last_error})" if updates.last_error and not updates.connected else ""),
+            )
         )
-    )
+    else:
+        services.append(
+            ServiceOut(
+                service="broker",
+                status="not_configured",
+                detail="embedded mode: projections run in process" if ctx.runner is not None
+                else "no in-process runner, not following change notices",
+            )
+        )
     services.append(
         ServiceOut(service="paper_venue", status="healthy" if ctx.api.run_paper_venue else "not_running")
     )
@@ -124,13 +163,15 @@ def detailed(caller: Admin, ctx: Ctx) -> DetailedHealthOut:
         t.error for t in tasks
     )
     lags = [p.lag for p in projections]
+    degraded = any(s.status == "degraded" for s in services)
     return DetailedHealthOut.model_validate(
         {
-            **_basic(ctx, "unhealthy" if bad else "healthy"),
+            **_basic(ctx, "unhealthy" if bad else "degraded" if degraded else "healthy"),
             "event_store_position": head,
             "max_lag": max(lags) if lags else None,
             "services": services,
             "projections": projections,
             "tasks": tasks,
+            "updates": updates,
         }
     )

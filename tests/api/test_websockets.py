@@ -8,6 +8,8 @@ import pytest
 from api_helpers import BTC, Api
 from starlette.websockets import WebSocketDisconnect
 
+from domain.user import Role
+
 
 def _until(ws: Any, match: Any, limit: int = 50) -> dict[str, Any]:
     for _ in range(limit):
@@ -85,3 +87,43 @@ def test_invalid_token_closes_with_1008(api: Api, query: str) -> None:
     with pytest.raises(WebSocketDisconnect) as exc, api.client.websocket_connect(f"/ws/positions{query}") as ws:
         ws.receive_json()
     assert exc.value.code == 1008
+
+
+def test_a_change_without_keys_resends_the_snapshot_of_the_channels_showing_it(api: Api) -> None:
+    from api.updates import ApiUpdates
+    from projections.positions import POSITIONS
+
+    trader = api.register()
+    trader.post("/api/funds/deposit", {"amount": "10000"})
+    api.price(BTC, "50000")
+    trader.post("/api/orders", {"symbol": BTC, "side": "buy", "quantity": "0.01"})
+    api.settle()
+    updates = ApiUpdates(api.ctx.extras["hub"], api.ctx.portfolio_cache)
+    with api.client.websocket_connect(f"/ws/positions?token={trader.token}") as ws:
+        assert len(ws.receive_json()["data"]) == 1
+        updates.on_truncated("positions", frozenset({POSITIONS}))
+        again = ws.receive_json()
+        assert again["type"] == "snapshot" and again["channel"] == "positions" and len(again["data"]) == 1
+
+
+def test_the_updates_follower_is_on_exactly_when_the_projections_run_elsewhere() -> None:
+    from pydantic import ValidationError
+
+    from api.settings import ApiSettings
+
+    assert not ApiSettings(environment="test").following_updates
+    assert ApiSettings(environment="test", run_projections=False).following_updates
+    assert not ApiSettings(environment="test", run_projections=False, follow_updates=False).following_updates
+    with pytest.raises(ValidationError, match="RUN_PROJECTIONS=false"):
+        ApiSettings(environment="test", follow_updates=True)
+
+
+def test_without_a_runner_or_a_follower_there_is_no_cache_and_health_says_so() -> None:
+    from api_helpers import make_api
+
+    for api in make_api(run_projections=False, follow_updates=False):
+        assert api.ctx.portfolio_cache is None and "updates" not in api.ctx.extras
+        admin = api.register(Role.ADMIN)
+        detailed = admin.get("/api/health/detailed").json()
+        broker = next(s for s in detailed["services"] if s["service"] == "broker")
+        assert broker["status"] == "not_configured" and detailed["updates"] is None
