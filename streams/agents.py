@@ -76,6 +76,7 @@ import domain.alerts
 import domain.bot
 import domain.bot_events
 import domain.user  # noqa: F401  (registers every event type: messages are decoded by type name)
+from adapters.kafka.clients import stop_client
 from adapters.kafka.relay import split_schema
 from adapters.kafka.settings import KafkaSettings
 from adapters.kafka.topics import (
@@ -748,8 +749,7 @@ class OrderedFeed:
                      lanes=[ln.name for ln in lanes])
             await self._loop(consumer, tps, lanes)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 5.0)
+            await stop_client(consumer)
 
     async def _loop(self, consumer: Any, tps: dict[int, Any], lanes: list[Lane]) -> None:
         paused: set[int] = set()

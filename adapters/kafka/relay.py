@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from adapters.kafka.clients import stop_client
 from adapters.kafka.settings import KafkaSettings
 from adapters.kafka.topics import TopicNames, encode_event, ensure_topics
 from adapters.tasks import spawn_thread
@@ -419,8 +420,7 @@ class Relay:
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 5.0)
+            await stop_client(producer)
 
 
 async def run_relay(event_store_url: str, settings: KafkaSettings, stop: asyncio.Event, *,

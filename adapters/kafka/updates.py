@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from adapters.kafka.clients import stop_client
 from adapters.kafka.settings import KafkaSettings
 from adapters.kafka.topics import TopicNames, decode_update
 
@@ -102,22 +103,6 @@ class UpdateListener(Protocol):
 
 class _Reconnect(Exception):
     """The consumer must be replaced (stalled, partitions changed)."""
-
-
-async def _stop(consumer: Any) -> None:
-    """Stop ``consumer``; only a cancellation of the calling task gets out."""
-    try:
-        await asyncio.wait_for(consumer.stop(), 5.0)
-    except asyncio.CancelledError:
-        # aiokafka's fetcher awaits the fetch tasks it has just cancelled, so stopping a
-        # consumer while a fetch waits out its retry backoff (the broker is down) raises
-        # CancelledError although nobody cancelled us: that one must not end the follower.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        log.debug("updates.stop_cancelled_inside_aiokafka")
-    except Exception as exc:
-        log.debug("updates.stop_failed", error=repr(exc))
 
 
 class UpdatesFollower:
@@ -225,7 +210,7 @@ class UpdatesFollower:
         finally:
             if following and self.state == "connected":  # (a stalled follower has said so already)
                 self._tell("on_lost")
-            await _stop(consumer)
+            await stop_client(consumer)
 
     async def _loop(self, consumer: Any, tps: list[Any], parts: set[int]) -> None:
         connected_at = time.time()
