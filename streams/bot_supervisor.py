@@ -46,7 +46,7 @@ from adapters.marketdata import Bar
 from adapters.tasks import Supervised, spawn_thread
 from domain import account_events as ae
 from domain.account import Account
-from domain.bot import Bot, BotDeleted, BotStarted, BotStatus, BotStopped, BotUpdated
+from domain.bot import Bot, BotConfig, BotDeleted, BotStarted, BotStatus, BotStopped, BotUpdated
 from domain.envelope import RecordedEvent
 from domain.values import TradingMode
 from streams.bot_runner import BotRunner, FillConvention, RunnerSettings
@@ -91,14 +91,20 @@ class SupervisorSettings:
 @dataclass(eq=False)
 class _Slot:
     bot_id: str
-    account_id: str
-    symbol: str
-    timeframe: str
+    config: BotConfig
     started_at: datetime | None
     stop: threading.Event = field(default_factory=threading.Event)
     bars: queue.SimpleQueue[Bar] = field(default_factory=queue.SimpleQueue)
     sup: Supervised | None = None
     runner: BotRunner | None = None
+
+    @property
+    def symbol(self) -> str:
+        return str(self.config.symbol)
+
+    @property
+    def timeframe(self) -> str:
+        return self.config.timeframe
 
 
 class BotSupervisor:
@@ -117,6 +123,7 @@ class BotSupervisor:
         self._slots: dict[str, _Slot] = {}
         self._builders: dict[tuple[str, str], BarBuilder] = {}
         self._accounts: dict[str, set[str]] = {}  # account id -> bot ids seen
+        self._last: dict[str, Supervised] = {}  # bot id -> its latest runner thread
         self._stop = threading.Event()
         self._threads: list[Supervised] = []
         self._started = False
@@ -156,7 +163,9 @@ class BotSupervisor:
             self._slots.clear()
         for slot in slots:
             slot.stop.set()
-        for sup in [s.sup for s in slots if s.sup is not None] + self._threads:
+        with self._lock:
+            runners = list(self._last.values())  # retired ones too: they may still be ending
+        for sup in runners + self._threads:
             sup.finished.wait(timeout)
         self._threads.clear()
         log.info("bots.supervisor_stopped", runners=len(slots))
@@ -214,23 +223,19 @@ class BotSupervisor:
                 if slot is not None:
                     self._retire(slot, "account halted" if halted else "bot not running")
                 return
-            same = (
-                slot is not None
-                and alive
-                and (slot.symbol, slot.timeframe) == (str(cfg.symbol), cfg.timeframe)
-                and slot.started_at == bot.s.started_at
-            )
+            # Any change of configuration (parameters too) or a new start: a fresh runner.
+            same = slot is not None and alive and slot.config == cfg and slot.started_at == bot.s.started_at
             if same or not self._started:
                 return
-            previous = slot.sup if slot is not None else None
+            previous = self._last.get(bot_id)  # the bot's latest thread, even a retired one
             if slot is not None:
                 self._retire(slot, "restarted")
-            new = _Slot(bot_id, cfg.account_id, str(cfg.symbol), cfg.timeframe, bot.s.started_at)
+            new = _Slot(bot_id, cfg, bot.s.started_at)
             key = (new.symbol, new.timeframe)
             if key not in self._builders:
-                self._builders[key] = BarBuilder(new.symbol, new.timeframe)
+                self._builders[key] = BarBuilder(*key)
             self._slots[bot_id] = new
-            new.sup = spawn_thread(f"bot-runner-{bot_id}", self._run, new, previous)
+            new.sup = self._last[bot_id] = spawn_thread(f"bot-runner-{bot_id}", self._run, new, previous)
 
     def _retire(self, slot: _Slot, reason: str) -> None:
         slot.stop.set()
@@ -273,11 +278,14 @@ class BotSupervisor:
     # --- threads ---------------------------------------------------------------------------------
 
     def _run(self, slot: _Slot, previous: Supervised | None) -> None:
-        """One runner's thread: recover from the bot's stream, then work through closed bars."""
+        """One runner's thread: wait for the bot's previous runner to end, then work."""
         if previous is not None:
             previous.finished.wait()  # never two runners of one bot at once
-        if slot.stop.is_set():
-            return
+        if not slot.stop.is_set():
+            self._work(slot)
+
+    def _work(self, slot: _Slot) -> None:
+        """Recover from the bot's stream, then work through closed bars until stopped."""
         bus = self.system.bus
         bus.repo.cache.evict(Bot.stream_id_for(slot.bot_id))  # its config as stored now
         runner = BotRunner(bus, self._venue, self.system.prices, slot.bot_id, settings=self.runner_settings)
