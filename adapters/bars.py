@@ -70,7 +70,11 @@ class BarBuilder:
         """Add a tick; returns the bar it closed, if it opened a later bucket."""
         if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
             raise ValueError(f"price must be a positive Decimal: {price!r}")
-        start = bucket_start(ts, self.step)
+        try:
+            start = bucket_start(ts, self.step)
+            start + self.step  # noqa: B018 - the bucket must end inside the calendar
+        except OverflowError:
+            raise ValueError(f"tick time out of range: {ts.isoformat()}") from None
         cur = self._open
         if (self._closed_until is not None and ts < self._closed_until) or (cur is not None and ts < cur.last_ts):
             self.ignored += 1  # late or out of order: its bucket is decided

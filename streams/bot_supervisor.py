@@ -48,6 +48,9 @@ from domain import account_events as ae
 from domain.account import Account
 from domain.bot import Bot, BotConfig, BotDeleted, BotStarted, BotStatus, BotStopped, BotUpdated
 from domain.envelope import RecordedEvent
+from domain.errors import DomainError
+from domain.strategies.base import Strategy
+from domain.strategies.registry import build, strategy_class
 from domain.values import TradingMode
 from streams.bot_runner import BotRunner, FillConvention, RunnerSettings
 
@@ -59,6 +62,14 @@ log = structlog.get_logger(__name__)
 
 _BOT_EVENTS = (BotStarted, BotStopped, BotDeleted, BotUpdated)
 _BOT_PREFIX = Bot.stream_id_for("")
+
+
+def strategy_for(config: BotConfig) -> Strategy:
+    """The bot's strategy; ``indicators`` (a display list of the bots API) is not a parameter."""
+    params = dict(config.parameters)
+    if "indicators" not in strategy_class(config.strategy).Params.model_fields:
+        params.pop("indicators", None)
+    return build(config.strategy, params)
 
 
 class LiveVenue:
@@ -97,6 +108,8 @@ class _Slot:
     bars: queue.SimpleQueue[Bar] = field(default_factory=queue.SimpleQueue)
     sup: Supervised | None = None
     runner: BotRunner | None = None
+    strategy: Strategy | None = None
+    invalid: str | None = None
 
     @property
     def symbol(self) -> str:
@@ -119,7 +132,8 @@ class BotSupervisor:
             slippage_bps=system.settings.paper_slippage_bps,
         )
         self._venue = LiveVenue(system.paper)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # slots and builders; never held over I/O
+        self._reconciling = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._builders: dict[tuple[str, str], BarBuilder] = {}
         self._accounts: dict[str, set[str]] = {}  # account id -> bot ids seen
@@ -176,6 +190,8 @@ class BotSupervisor:
         """``running``, ``failed``, ``stopped`` (it stopped itself) or None (no runner here)."""
         with self._lock:
             slot = self._slots.get(bot_id)
+        if slot is not None and slot.invalid is not None:
+            return "invalid"
         if slot is None or slot.sup is None:
             return None
         if slot.sup.failed:
@@ -207,6 +223,12 @@ class BotSupervisor:
 
     def reconcile(self, bot_id: str) -> None:
         """Make this process run ``bot_id``'s runner exactly when the bot should trade."""
+        # One reconcile at a time, each loading the state anew: the last one to run saw the
+        # latest state, so two racing events (a stop and a start) cannot leave a stale outcome.
+        with self._reconciling:
+            self._reconcile(bot_id)
+
+    def _reconcile(self, bot_id: str) -> None:
         # From the store, not the aggregate cache: another process may have changed them.
         repo = self.system.bus.repo
         bot = repo.load_from_store(Bot, bot_id)
@@ -231,6 +253,15 @@ class BotSupervisor:
             if slot is not None:
                 self._retire(slot, "restarted")
             new = _Slot(bot_id, cfg, bot.s.started_at)
+            try:
+                new.strategy = strategy_for(cfg)
+            except DomainError as exc:
+                # A configuration no strategy accepts is the bot's problem, not a failure of
+                # this process: say so (``runner_state``), and try again when it changes.
+                new.invalid = exc.message
+                self._slots[bot_id] = new
+                log.error("bots.invalid_configuration", bot_id=bot_id, strategy=cfg.strategy, error=exc.message)
+                return
             key = (new.symbol, new.timeframe)
             if key not in self._builders:
                 self._builders[key] = BarBuilder(*key)
@@ -252,7 +283,13 @@ class BotSupervisor:
             for (sym, _tf), builder in self._builders.items():
                 if sym != symbol:
                     continue
-                bar = builder.on_tick(price, when)
+                try:
+                    bar = builder.on_tick(price, when)
+                except ValueError as exc:
+                    # A tick no bar can hold (a time out of range) must not fail the price path
+                    # it rides on: the paper venue still acts on the price.
+                    log.warning("bots.tick_ignored", symbol=symbol, ts=str(when), error=repr(exc))
+                    continue
                 if bar is not None:
                     self._dispatch(builder, bar)
 
@@ -271,7 +308,7 @@ class BotSupervisor:
 
     def _dispatch(self, builder: BarBuilder, bar: Bar) -> None:
         for slot in self._slots.values():
-            if slot.symbol == builder.symbol and slot.timeframe == builder.timeframe:
+            if slot.sup is not None and slot.symbol == builder.symbol and slot.timeframe == builder.timeframe:
                 slot.bars.put(bar)
         log.debug("bots.bar_closed", symbol=builder.symbol, timeframe=builder.timeframe, time=bar.time.isoformat())
 
@@ -288,7 +325,9 @@ class BotSupervisor:
         """Recover from the bot's stream, then work through closed bars until stopped."""
         bus = self.system.bus
         bus.repo.cache.evict(Bot.stream_id_for(slot.bot_id))  # its config as stored now
-        runner = BotRunner(bus, self._venue, self.system.prices, slot.bot_id, settings=self.runner_settings)
+        runner = BotRunner(
+            bus, self._venue, self.system.prices, slot.bot_id, settings=self.runner_settings, strategy=slot.strategy
+        )
         runner.recover(())
         runner.resume(self.system.clock.now())
         slot.runner = runner
@@ -336,4 +375,4 @@ class BotSupervisor:
         return max(pos, head), list(bots)
 
 
-__all__ = ["BotSupervisor", "LiveVenue", "SupervisorSettings"]
+__all__ = ["BotSupervisor", "LiveVenue", "SupervisorSettings", "strategy_for"]

@@ -90,3 +90,5 @@ def test_rejects_prices_that_are_not_positive_decimals() -> None:
         b.on_tick(D(0), T0)
     with pytest.raises(ValueError):
         b.on_tick(1.5, T0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        b.on_tick(D(1), datetime(9999, 12, 31, 23, 30, tzinfo=UTC))  # its bucket ends past the calendar

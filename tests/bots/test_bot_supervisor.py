@@ -48,9 +48,9 @@ def supervisors(system: System) -> Iterator[Callable[..., BotSupervisor]]:
         sup.stop()
 
 
-def bot(system: System, bot_id: str, *, start: bool = True) -> str:
+def bot(system: System, bot_id: str, *, start: bool = True, **parameters: Any) -> str:
     system.bus.handle(CreateBot(bot_id=bot_id, owner_id="u", account_id="acc", name=bot_id, symbol=BTC,
-                                strategy="sma_cross", parameters={"fast": 2, "slow": 3}, timeframe="1m",
+                                strategy="sma_cross", parameters={"fast": 2, "slow": 3, **parameters}, timeframe="1m",
                                 risk_per_trade_pct=Decimal(50), user_id="u"))
     if start:
         system.bus.handle(StartBot(bot_id=bot_id, user_id="u"))
@@ -163,3 +163,20 @@ def test_timer_closes_the_bar_of_a_quiet_market(system: System, supervisors: Cal
     assert sup.close_due(T0 + 11 * M + timedelta(seconds=1)) == 0
     assert sup.close_due(T0 + 11 * M + timedelta(seconds=2)) == 1
     until(lambda: runner.stats.bars == 1)
+
+
+def test_a_bot_whose_parameters_no_strategy_accepts_gets_no_runner_and_fails_nothing(
+    system: System, supervisors: Callable[..., BotSupervisor]
+) -> None:
+    from adapters.tasks import REGISTRY
+
+    bot(system, "bot-bad", fast=9)  # fast >= slow
+    bot(system, "bot-listed", indicators=["SMA"])  # the bots API's display list is not a parameter
+    sup = supervisors()
+    sup.start()
+    assert sup.runner_state("bot-bad") == "invalid" and sup.running() == ["bot-listed"]
+    assert REGISTRY.get("bot-runner-bot-bad") is None
+    system.paper.on_price(BTC, Decimal(100), T0 + timedelta(seconds=1))
+    system.paper.on_price(BTC, Decimal(100), T0 + M)
+    system.bus.handle(UpdateBot(bot_id="bot-bad", changes={"parameters": {"fast": 2, "slow": 3}}, user_id="u"))
+    assert sup.running() == ["bot-bad", "bot-listed"]
