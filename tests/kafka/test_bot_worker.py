@@ -68,3 +68,5 @@ def test_bot_worker_trades_a_running_bot_on_market_data_ticks(deployment: Deploy
     pos = acc.s.positions[BTC]
     assert pos.bot_id == "bot-k1" and pos.quantity == fill.quantity
     assert "bots.runner_started" in worker.text()
+    assert worker.stop() == 0  # SIGTERM: the runners and the venue stop, then the process exits
+    assert "bots.supervisor_stopped" in worker.text()
