@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     quote_currency: str = Field(default="USDT", description="currency of new paper accounts")
     paper_fee_bps: Decimal = Field(default=Decimal(10), ge=0, le=1000, description="paper fill fee, basis points")
     paper_slippage_bps: Decimal = Field(default=Decimal(0), ge=0, le=1000, description="paper slippage, basis points")
+    bar_close_grace: float | None = Field(
+        default=None, ge=0, description="bots: also close a bar this many seconds after its bucket ends (else: ticks)"
+    )
     snapshot_every: int = Field(default=500, ge=10, description="events between aggregate snapshots")
     aggregate_cache: int = Field(default=10_000, ge=0, description="aggregates kept in memory per process")
     log_level: str = Field(default="INFO")

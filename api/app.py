@@ -1,10 +1,10 @@
 """The FastAPI app factory. Nothing is built at import time.
 
 ``create_app(settings)`` wires the embedded system (or the ``system`` it is given), the
-read store, the projection runner, auth, rate limits, metrics and the WebSocket hub; the
-lifespan starts the background work (projection runner and paper venue threads, the
-WebSocket dispatcher task, and in distributed mode the Kafka updates follower of
-``api.updates``) through ``adapters.tasks`` and stops it again.
+read store, the projection runner, the bot supervisor, auth, rate limits, metrics and the
+WebSocket hub; the lifespan starts the background work (projection runner and paper venue
+threads, the runners of the running bots, the WebSocket dispatcher task, and in distributed
+mode the Kafka updates follower of ``api.updates``) through ``adapters.tasks`` and stops it again.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import gc
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio.to_thread
 import structlog
@@ -63,6 +64,7 @@ from commands.user_handlers import ChangeRole, RegisterUser
 from domain.user import Role, user_id_for_email
 from projections.registry import ALL_PROJECTIONS
 from projections.store import ReadStore
+from streams.bot_supervisor import BotSupervisor, SupervisorSettings
 from streams.runner import ProjectionRunner
 
 log = structlog.get_logger(__name__)
@@ -146,6 +148,12 @@ def create_app(
         if (api_settings.portfolio_cache and (runner is not None or following))
         else None
     )
+    grace = settings.bar_close_grace
+    supervisor = (
+        BotSupervisor(system, SupervisorSettings(close_grace=None if grace is None else timedelta(seconds=grace)))
+        if api_settings.run_bots
+        else None
+    )
     ctx = ApiContext(
         settings=settings,
         api=api_settings,
@@ -157,6 +165,7 @@ def create_app(
         limiter=RateLimiter(api_settings),
         metrics=metrics,
         portfolio_cache=cache,
+        bots=supervisor,
     )
     hub = Hub(ctx)
     ctx.extras["hub"] = hub
@@ -179,6 +188,9 @@ def create_app(
             threads["projection-runner"] = spawn_thread("projection-runner", runner.run, ctx.stop)
         if api_settings.run_paper_venue:
             threads["paper-venue"] = spawn_thread("paper-venue", system.paper.run, ctx.stop)
+        if supervisor is not None:
+            # After the paper venue: a resumed runner's first order is filled by a venue that knows the log.
+            await anyio.to_thread.run_sync(supervisor.start)
         ctx.extras["tasks"] = threads
         dispatcher = spawn_task("ws-dispatcher", hub.run())
         follow: asyncio.Task[None] | None = None
@@ -202,6 +214,8 @@ def create_app(
                 follow.cancel()
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(follow, 10.0)
+            if supervisor is not None:
+                await anyio.to_thread.run_sync(supervisor.stop)
             for sup in threads.values():
                 await anyio.to_thread.run_sync(sup.finished.wait, 5.0)
             for obj in owned:

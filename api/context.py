@@ -33,6 +33,7 @@ from domain.user import Role, User
 from domain.values import TradingMode, derived_id
 from projections import portfolio as _pf
 from projections.store import ReadStore
+from streams.bot_supervisor import BotSupervisor
 from streams.runner import ProjectionRunner
 
 A = TypeVar("A", bound=Aggregate)
@@ -154,6 +155,7 @@ class ApiContext:
     limiter: RateLimiter
     metrics: ApiMetrics
     portfolio_cache: PortfolioCache | None
+    bots: BotSupervisor | None = None
     started_at: float = field(default_factory=time.time)
     stop: threading.Event = field(default_factory=threading.Event)
     extras: dict[str, Any] = field(default_factory=dict)

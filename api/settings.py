@@ -57,6 +57,9 @@ class ApiSettings(BaseSettings):
 
     run_projections: bool = Field(default=True, description="run the in-process projection runner")
     run_paper_venue: bool = Field(default=True, description="run the paper venue in this process")
+    run_bots: bool = Field(
+        default=True, description="run the bot supervisor here (off where `tradecore bots` runs them)"
+    )
     simulation_enabled: bool | None = Field(
         default=None, description="admin price-setting endpoint; default on in development/test only"
     )

@@ -295,6 +295,42 @@ class BotRunner:
             else:
                 self.pending = intent  # no price known yet (a fresh process): execute at the next open
 
+    def resume(self, now: datetime) -> None:
+        """Live start without stored bars: continue after the last recorded signal.
+
+        Bars up to the last signal's bar count as handled (a feed that delivers them again
+        changes nothing). The signal is still pending when its order was never placed (a
+        crash between the two) and its bar closed at most one bar before ``now``; an older
+        one is stale and dropped.
+        """
+        if self.last_bar is not None:
+            return
+        signals = [
+            r.event
+            for r in self.bus.store.read_stream(Bot.stream_id_for(self.bot_id))
+            if isinstance(r.event, SignalGenerated)
+        ]
+        if not signals:
+            return
+        last = signals[-1]
+        self.last_bar = last.bar_time
+        horizon = max(self.gate.window, self.gate.cooldown)
+        self.gate.seed(e.bar_time for e in signals if e.bar_time > last.bar_time - horizon - self.step)
+        key = f"bot:{self.bot_id}:{last.bar_time.isoformat()}:order"
+        if self.bus.store.lookup_idempotency(key) is None and now < last.bar_time + 2 * self.step:
+            self.pending = Intent(last.bar_time, Action.BUY if last.action == "buy" else Action.SELL)
+
+    def warm(self, bar: Bar) -> None:
+        """Add a closed bar to the strategy's history without acting on it (warm-up)."""
+        self._warm_history(bar)
+        if self.last_bar is None or bar.time > self.last_bar:
+            self.last_bar = bar.time
+
+    def _warm_history(self, bar: Bar) -> None:
+        h = self._history
+        if h.n == 0 or ns(bar.time) > int(h.time[h.n - 1]):
+            h.append(bar)
+
     # --- the per-bar path ----------------------------------------------------------------
 
     def on_bar(self, bar: Bar, signal: Signal | None = _COMPUTE) -> None:
@@ -302,6 +338,8 @@ class BotRunner:
         if self.stopped is not None:
             return
         if self.last_bar is not None and bar.time <= self.last_bar:
+            if signal is _COMPUTE:
+                self._warm_history(bar)  # replayed after a restart: handled, but still history
             return
         self.stats.bars += 1
         t_open = bar.time
@@ -344,6 +382,11 @@ class BotRunner:
         except BotNotActive as exc:
             self._stop(f"bot not running: {exc.message}")
             return
+        except IdempotencyConflict:
+            # Recorded for this bar by an earlier run that saw other history (a restart
+            # with less warm-up): the recorded signal stands, and its order key still
+            # keeps the bar to one order.
+            log.info("bot.signal_already_recorded", bot_id=self.bot_id, bar_time=bar.time.isoformat())
         self.gate.admit(bar.time)
         self.stats.signals += 1
         intent = Intent(bar.time, signal.action)

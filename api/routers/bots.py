@@ -287,7 +287,10 @@ def delete_bot(bot_id: str, caller: BotManager, ctx: Ctx) -> BotAction:
 
 @router.post("/{bot_id}/start", response_model=BotAction)
 def start_bot(bot_id: str, caller: BotManager, ctx: Ctx) -> BotAction:
-    """Start a bot; refused while its account is halted by an emergency stop."""
+    """Start a bot; refused while its account is halted by an emergency stop.
+
+    The app's bot supervisor reacts to the recorded ``BotStarted`` by starting its runner.
+    """
     bot = ctx.own_bot(caller, bot_id)
     account = ctx.account(caller, bot.config.mode)
     if account.s.halted:

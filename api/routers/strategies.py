@@ -7,10 +7,11 @@ start and stop send the bot commands; signals are the ``SignalGenerated`` events
 bot's stream (what it decided, with the indicator values); performance comes from the
 performance read model.
 
-Starting a strategy also starts its runner in a supervised thread when the app has a bar
-feed (``ctx.extras["bar_feed"]``: ``(symbol, timeframe) -> Iterable[Bar]`` of closed bars);
-stopping it (or an emergency stop, which makes every order fail with ``TRADING_HALTED``)
-stops the runner.
+Starting a strategy (or a bot, ``/api/bots/{id}/start``) records ``BotStarted``; the
+app's bot supervisor (``streams.bot_supervisor``) reacts to it by starting the bot's
+runner, fed with bars built from the prices the app sees. Stopping, deleting or an
+emergency stop (``TradingHalted``) stops the runner the same way; ``runner`` in the
+response says whether one trades the strategy in this process.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from api.deps import Analyst, BotManager, Ctx, IdempotencyKey, Reader, Reads
 from api.errors import ApiError
 from api.routers.backtesting import BacktestOptions, run_and_store, spec_for
 from api.schemas import ApiModel, RequestModel
-from commands.bot_runner_handlers import RecordSignal
 from commands.messages import CreateBot, DeleteBot, StartBot, StopBot, UpdateBot
 from domain.bot import Bot
 from domain.bot_events import SignalGenerated
@@ -36,7 +36,6 @@ from domain.strategies.registry import REGISTRY, build, categories, strategy_cla
 from domain.values import derived_id, new_id
 from projections import queries
 from streams.backtest import _bot_parameters, compare
-from streams.bot_runner import BotRunner, start_runner_thread
 
 router = APIRouter(prefix="/strategies", tags=["strategies"])
 
@@ -117,15 +116,9 @@ class StrategyOut(ApiModel):
     runner: str | None = None
 
 
-def _runners(ctx: ApiContext) -> dict[str, Any]:
-    runners: dict[str, Any] = ctx.extras.setdefault("bot_runners", {})
-    return runners
-
-
 def strategy_out(ctx: ApiContext, bot: Bot) -> StrategyOut:
     c = bot.config
     cls = REGISTRY.get(c.strategy)
-    running = _runners(ctx).get(bot.id)
     return StrategyOut(
         id=bot.id,
         name=c.name,
@@ -146,7 +139,7 @@ def strategy_out(ctx: ApiContext, bot: Bot) -> StrategyOut:
         last_signal=getattr(bot.s, "last_signal_action", None),
         last_signal_at=getattr(bot.s, "last_signal_bar", None),
         signals_count=getattr(bot.s, "signals", 0),
-        runner=None if running is None else ("failed" if running[1].failed else "running"),
+        runner=None if ctx.bots is None else ctx.bots.runner_state(bot.id),
     )
 
 
@@ -374,7 +367,6 @@ def update_strategy(strategy_id: str, body: StrategyUpdate, caller: BotManager, 
 @router.delete("/{strategy_id}")
 def delete_strategy(strategy_id: str, caller: BotManager, ctx: Ctx) -> dict[str, Any]:
     ctx.own_bot(caller, strategy_id)
-    _stop_runner(ctx, strategy_id)
     ctx.send(DeleteBot(bot_id=strategy_id, user_id=caller.user_id))
     return {"success": True, "message": "Strategy deleted", "strategyId": strategy_id}
 
@@ -387,24 +379,16 @@ def _start(ctx: ApiContext, caller: Caller, strategy_id: str) -> str:
     if ctx.account(caller, bot.config.mode).s.halted:
         raise ApiError("TRADING_HALTED", "trading is halted by an emergency stop; resume trading first")
     ctx.send(StartBot(bot_id=strategy_id, user_id=caller.user_id))
-    feed_factory = ctx.extras.get("bar_feed")
-    if feed_factory is None:
-        return "started; no bar feed is configured, so no runner is trading it in this process"
-    system = ctx.system
-    if RecordSignal not in getattr(system.bus, "_handlers", {}):
-        raise ApiError("NOT_AVAILABLE", "the command bus lacks the bot runner's commands (RUNNER_HANDLERS)")
-    _stop_runner(ctx, strategy_id)
-    runner = BotRunner(system.bus, system.paper, system.prices, strategy_id)
-    feed = feed_factory(str(bot.config.symbol), bot.config.timeframe)
-    stop_event, sup = start_runner_thread(runner, feed)
-    _runners(ctx)[strategy_id] = (stop_event, sup, runner)
+    return runner_message(ctx, strategy_id)
+
+
+def runner_message(ctx: ApiContext, bot_id: str) -> str:
+    """What a start led to in this process (the supervisor reacted to ``BotStarted`` already)."""
+    if ctx.bots is None:
+        return "started; this process runs no bots (a `tradecore bots` worker trades it)"
+    if ctx.bots.runner_state(bot_id) is None:
+        return "started; no runner: the bot is not a paper bot or its account is halted"
     return "started with a runner"
-
-
-def _stop_runner(ctx: ApiContext, strategy_id: str) -> None:
-    entry = _runners(ctx).pop(strategy_id, None)
-    if entry is not None:
-        entry[0].set()
 
 
 @router.post("/{strategy_id}/start")
@@ -416,19 +400,8 @@ def start_strategy(strategy_id: str, caller: BotManager, ctx: Ctx) -> dict[str, 
 @router.post("/{strategy_id}/stop")
 def stop_strategy(strategy_id: str, caller: BotManager, ctx: Ctx) -> dict[str, Any]:
     ctx.own_bot(caller, strategy_id)
-    _stop_runner(ctx, strategy_id)
     ctx.send(StopBot(bot_id=strategy_id, user_id=caller.user_id))
     return {"success": True, "message": "Strategy stopped", "strategyId": strategy_id, "status": "stopped"}
-
-
-def stop_runners_of_account(ctx: ApiContext, account_id: str) -> list[str]:
-    """Stop the runner threads of an account's bots (call after an emergency stop)."""
-    stopped = []
-    for bot_id, entry in list(_runners(ctx).items()):
-        if entry[2].account_id == account_id:
-            _stop_runner(ctx, bot_id)
-            stopped.append(bot_id)
-    return stopped
 
 
 # --- what it did ---------------------------------------------------------------------------------

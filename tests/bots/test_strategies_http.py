@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -42,16 +43,10 @@ def api():
         system.close()
 
 
-def _with_runner_commands(system) -> None:
-    """What the composition root will do: the bus also handles the runner's commands."""
-    import inspect
-
-    from commands.bot_runner_handlers import RUNNER_HANDLERS
-
-    bus = system.bus
-    for cls, fn in RUNNER_HANDLERS.items():
-        bus._handlers[cls] = fn
-        bus._params[cls] = list(inspect.signature(fn).parameters)[1:]
+def _after_now(now: datetime, first: datetime) -> timedelta:
+    """A whole number of hours moving ``first`` after ``now`` (bars before a start only warm up)."""
+    hours = int((now - first).total_seconds() // 3600) + 2
+    return timedelta(hours=max(hours, 0))
 
 
 def test_templates_and_categories(api):
@@ -132,20 +127,21 @@ def test_strategy_crud_signals_backtest_compare_and_ensemble(api):
     assert ens.status_code == 201, ens.text
     assert ens.json()["strategy"] == "ensemble" and len(ens.json()["parameters"]["members"]) == 2
 
-    # start with a runner fed by a (finite) bar feed: signals are recorded with their indicators
-    _with_runner_commands(api.system)
-    bars = list(replay(SERIES.slice(0, 300)))
-    api.ctx.extras["bar_feed"] = lambda symbol, timeframe: iter(bars)
+    # started, the bot supervisor runs it: the market's ticks close bars, signals are recorded
     started = user.post(f"/api/strategies/{sid}/start")
-    assert started.status_code == 200 and "runner" in started.json()["message"]
-    deadline = time.monotonic() + 10
-    sigs = []
-    while time.monotonic() < deadline:
-        sigs = user.get(f"/api/strategies/{sid}/signals", params={"limit": 500}).json()
-        entry = api.ctx.extras["bot_runners"].get(sid)
-        if entry is not None and entry[1].finished.is_set():
-            break
+    assert started.status_code == 200 and started.json()["message"] == "started with a runner"
+    assert user.get(f"/api/strategies/{sid}").json()["runner"] == "running"
+    bars = list(replay(SERIES.slice(0, 300)))
+    shift = _after_now(api.system.clock.now(), bars[0].time)
+    for bar in bars:
+        for i, price in enumerate((bar.open, bar.high, bar.low, bar.close)):
+            api.system.paper.on_price("BTC/USDT", price, bar.time + shift + timedelta(seconds=i))
+    api.system.paper.on_price("BTC/USDT", bars[-1].close, bars[-1].time + shift + timedelta(hours=1))
+    runner = api.ctx.bots.runner(sid)
+    deadline = time.monotonic() + 20
+    while runner.stats.bars < len(bars) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert runner.stats.bars == len(bars)
     sigs = user.get(f"/api/strategies/{sid}/signals", params={"limit": 500}).json()
     assert len(sigs) > 3 and {"close", "fast", "slow"} <= set(sigs[0]["indicators"])
     assert sigs[0]["barTime"] > sigs[-1]["barTime"]
