@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
@@ -21,9 +22,20 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID5_SET = (5 << 76) | (0x8000 << 48)
+
+
 def derived_id(prefix: str, *parts: str) -> str:
-    """Return an identifier derived deterministically from ``parts`` (retries give the same id)."""
-    return f"{prefix}_{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(parts)).hex}"
+    """Return an identifier derived deterministically from ``parts`` (retries give the same id).
+
+    The hex of ``uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts))``, computed without
+    building a ``UUID`` (it is on every order's path).
+    """
+    digest = hashlib.sha1(_URL_NAMESPACE + "/".join(parts).encode()).digest()
+    n = (int.from_bytes(digest[:16], "big") & _UUID5_CLEAR) | _UUID5_SET
+    return f"{prefix}_{n:032x}"
 
 
 def _decimal(value: object, what: str) -> Decimal:
