@@ -25,7 +25,7 @@ class PriceBook:
 
     def last_price(self, symbol: Symbol) -> Decimal | None:
         with self._lock:
-            entry = self._prices.get(str(symbol))
+            entry = self._prices.get(symbol)  # a Symbol hashes and compares as its text
         return entry[0] if entry else None
 
     def last(self, symbol: str) -> tuple[Decimal, datetime | None] | None:

@@ -444,7 +444,7 @@ class BotRunner:
         return PlaceOrder.trusted(
             account_id=self.account_id,
             order_id=None,
-            symbol=self.symbol,
+            symbol=self._sym,
             side=side,
             order_type=OrderType.MARKET,
             quantity=qty,

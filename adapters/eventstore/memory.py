@@ -16,7 +16,9 @@ class InMemoryEventStore:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._lock = threading.Condition()
+        # Methods take the lock itself (a C-level RLock); subscribers wait on a condition over it.
+        self._mutex = threading.RLock()
+        self._lock = threading.Condition(self._mutex)
         self._log: list[RecordedEvent] = []
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._ids: dict[str, RecordedEvent] = {}
@@ -34,7 +36,7 @@ class InMemoryEventStore:
     ) -> list[RecordedEvent]:
         if len(events) > 1 and len({e.event_id for e in events}) != len(events):
             raise ValueError("the same event id appears twice in one append")
-        with self._lock:
+        with self._mutex:
             if idempotency is not None:
                 stored = self._idem.get(idempotency.key)
                 if stored is not None:
@@ -83,24 +85,25 @@ class InMemoryEventStore:
             return out
 
     def lookup_idempotency(self, key: str) -> IdempotencyRecord | None:
-        with self._lock:
+        with self._mutex:
             return self._idem.get(key)
 
     def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
-        with self._lock:
+        with self._mutex:
             return list(self._streams.get(stream_id, [])[max(from_version, 1) - 1 :])
 
     def stream_version(self, stream_id: str) -> int:
-        with self._lock:
+        with self._mutex:
             return len(self._streams.get(stream_id, ()))
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        with self._lock:
-            start = max(after_position, 0)
-            return self._log[start : start + max(limit, 0)]
+        start = after_position if after_position > 0 else 0
+        stop = start + limit if limit > 0 else start
+        with self._mutex:
+            return self._log[start:stop]
 
     def last_position(self) -> int:
-        with self._lock:
+        with self._mutex:
             return len(self._log)
 
     def subscribe(
@@ -126,11 +129,11 @@ class InMemoryEventStore:
                 yield chunk
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        with self._lock:
+        with self._mutex:
             self._snapshots[snapshot.stream_id] = snapshot
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        with self._lock:
+        with self._mutex:
             return self._snapshots.get(stream_id)
 
     def close(self) -> None:
