@@ -121,6 +121,8 @@ class PaperExecution:
                 if rec.position <= self.position:
                     continue
                 self.position = rec.position
+                if not rec.stream_id.startswith("account-"):
+                    continue  # the venue follows accounts only (as _track)
                 self._track(rec)
                 ev = rec.event
                 if isinstance(ev, ae.OrderAccepted):
@@ -267,7 +269,7 @@ class PaperExecution:
         )
 
     def _check_exits(self, op: _OpenPosition) -> None:
-        if op.closing:
+        if op.closing or (op.take_profit is None and op.stop_loss is None):
             return
         last = self.prices.last_price(Symbol(op.symbol))
         if last is None:

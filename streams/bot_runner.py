@@ -498,8 +498,11 @@ class BotRunner:
         return self.bus.repo.load(Bot, self.bot_id).s.status
 
 
+_MICRO = Decimal("1e-6")
+
+
 def _unit(x: float) -> Decimal:
-    return Decimal(repr(min(max(float(x), 0.0), 1.0))).quantize(Decimal("1e-6"), rounding=ROUND_HALF_EVEN)
+    return Decimal(repr(min(max(float(x), 0.0), 1.0))).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
 
 
 def _price(p: Decimal) -> Decimal:
