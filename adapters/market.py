@@ -20,8 +20,9 @@ class PriceBook:
     def update(self, symbol: str, price: Decimal, ts: datetime | None = None) -> None:
         if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
             raise ValueError(f"price must be a positive Decimal: {price!r}")
+        key = str(symbol if type(symbol) is Symbol else Symbol(symbol))  # a Symbol is normalised already
         with self._lock:
-            self._prices[str(Symbol(symbol))] = (price, ts)
+            self._prices[key] = (price, ts)
 
     def last_price(self, symbol: Symbol) -> Decimal | None:
         with self._lock:

@@ -185,7 +185,7 @@ class PaperExecution:
 
     def on_price(self, symbol: str, price: Decimal, ts: datetime | None = None) -> None:
         """Record a new last price and fill, trigger or expire what it reaches."""
-        sym = Symbol(symbol)
+        sym = symbol if type(symbol) is Symbol else Symbol(symbol)
         self.prices.update(sym, price, ts)
         with self._lock:
             if self._orders:
