@@ -74,6 +74,7 @@ class InMemoryEventStore:
                     event=event,
                 )
                 out.append(rec)
+            for rec in out:
                 ids[rec.event_id] = rec
             self._log.extend(out)
             stream.extend(out)  # readers copy under the lock; extending in place keeps appends O(1)
