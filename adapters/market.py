@@ -28,7 +28,7 @@ class PriceBook:
     def update(self, symbol: str, price: Decimal, ts: datetime | None = None) -> None:
         if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
             raise ValueError(f"price must be a positive Decimal: {price!r}")
-        sym = str(Symbol(symbol))
+        sym = str(symbol if type(symbol) is Symbol else Symbol(symbol))  # a Symbol is normalised already
         with self._lock:
             self._prices[sym] = (price, ts)
             listeners = self._listeners
@@ -46,7 +46,7 @@ class PriceBook:
 
     def last_price(self, symbol: Symbol) -> Decimal | None:
         with self._lock:
-            entry = self._prices.get(str(symbol))
+            entry = self._prices.get(symbol)  # a Symbol hashes and compares as its text
         return entry[0] if entry else None
 
     def last(self, symbol: str) -> tuple[Decimal, datetime | None] | None:

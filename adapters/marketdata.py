@@ -191,16 +191,29 @@ def clip(series: Bars, start: datetime | None, end: datetime | None) -> Bars:
     return series.slice(lo, hi)
 
 
-def bar_at(series: Bars, i: int) -> Bar:
-    """Bar ``i`` of a series, with exact decimal prices."""
-    return Bar(
-        time=from_ns(int(series.time[i])),
-        open=to_decimal(series.open[i]),
-        high=to_decimal(series.high[i]),
-        low=to_decimal(series.low[i]),
-        close=to_decimal(series.close[i]),
-        volume=to_decimal(series.volume[i]),
-    )
+_ZERO = Decimal(0)
+
+
+def bar_at(series: Bars, i: int, *, volume: bool = True) -> Bar:
+    """Bar ``i`` of a series, with exact decimal prices (``volume=False``: a volume of 0, for readers of prices only).
+
+    The range checks run on the floats, where they decide as on the decimals (``to_decimal``
+    keeps the order), so a valid bar is built without checking it again.
+    """
+    o, h, lo, c = float(series.open[i]), float(series.high[i]), float(series.low[i]), float(series.close[i])
+    t = from_ns(int(series.time[i]))
+    v = to_decimal(series.volume[i]) if volume else _ZERO
+    if not (0 < lo <= min(o, c) and h >= max(o, c)):
+        return Bar(time=t, open=to_decimal(o), high=to_decimal(h), low=to_decimal(lo), close=to_decimal(c), volume=v)
+    bar = object.__new__(Bar)
+    setattr_ = object.__setattr__  # a frozen dataclass's own __init__ sets its fields this way
+    setattr_(bar, "time", t)
+    setattr_(bar, "open", Decimal(repr(o)))
+    setattr_(bar, "high", Decimal(repr(h)))
+    setattr_(bar, "low", Decimal(repr(lo)))
+    setattr_(bar, "close", Decimal(repr(c)))
+    setattr_(bar, "volume", v)
+    return bar
 
 
 def replay(series: Bars) -> Iterator[Bar]:

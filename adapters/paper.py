@@ -29,7 +29,7 @@ from commands.messages import ClosePosition, Command, ExpireOrder, RecordFill
 from commands.ports import EventStore
 from domain import account_events as ae
 from domain.clock import Clock
-from domain.envelope import RecordedEvent
+from domain.envelope import RecordedEvent, new_event_id
 from domain.errors import DomainError
 from domain.values import BPS, ONE, OrderType, PositionSide, Side, Symbol, derived_id
 
@@ -121,6 +121,8 @@ class PaperExecution:
                 if rec.position <= self.position:
                     continue
                 self.position = rec.position
+                if not rec.stream_id.startswith("account-"):
+                    continue  # the venue follows accounts only (as _track)
                 self._track(rec)
                 ev = rec.event
                 if isinstance(ev, ae.OrderAccepted):
@@ -183,14 +185,16 @@ class PaperExecution:
 
     def on_price(self, symbol: str, price: Decimal, ts: datetime | None = None) -> None:
         """Record a new last price and fill, trigger or expire what it reaches."""
-        self.prices.update(symbol, price, ts)
+        sym = symbol if type(symbol) is Symbol else Symbol(symbol)
+        self.prices.update(sym, price, ts)
         with self._lock:
-            sym = str(Symbol(symbol))
-            self._expire_due()
-            for wo in [o for o in self._orders.values() if o.symbol == sym]:
-                self._try_fill(wo)
-            for op in [p for p in self._positions.values() if p.symbol == sym]:
-                self._check_exits(op)
+            if self._orders:
+                self._expire_due()
+                for wo in [o for o in self._orders.values() if o.symbol == sym]:
+                    self._try_fill(wo)
+            if self._positions:
+                for op in [p for p in self._positions.values() if p.symbol == sym]:
+                    self._check_exits(op)
             self.catch_up()
 
     def _act_on_all(self) -> None:
@@ -246,9 +250,10 @@ class PaperExecution:
         fee = qty * price * self.fee_rate
         fill_id = derived_id("fill", wo.order_id, str(wo.fills))
         wo.done = True
+        # Not re-validated: ids are derived, amounts come from the accepted order and a positive price.
         self._send(
             wo,
-            RecordFill(
+            RecordFill.trusted(
                 account_id=wo.account_id,
                 order_id=wo.order_id,
                 fill_id=fill_id,
@@ -257,11 +262,14 @@ class PaperExecution:
                 fee=fee,
                 ts_event=self.clock.now(),
                 idempotency_key=f"paper:{fill_id}",
+                command_id=new_event_id(),
+                correlation_id=None,
+                user_id="system",
             ),
         )
 
     def _check_exits(self, op: _OpenPosition) -> None:
-        if op.closing:
+        if op.closing or (op.take_profit is None and op.stop_loss is None):
             return
         last = self.prices.last_price(Symbol(op.symbol))
         if last is None:

@@ -61,11 +61,10 @@ class CommandBus:
         if handler is None:
             raise TypeError(f"no handler for {type(cmd).__name__}")
         key = cmd.idempotency_key
-        fingerprint = cmd.fingerprint() if key else ""
         if key:
             stored = self.store.lookup_idempotency(key)
             if stored is not None:
-                return self._replay_result(cmd, stored, fingerprint)
+                return self._replay_result(cmd, stored)
         stream_id = cmd.stream_id
         lock = self._locks[zlib.crc32(stream_id.encode()) % _STRIPES]
         with lock:
@@ -78,7 +77,8 @@ class CommandBus:
                     agg = uow.aggregate
                     if agg is None:
                         raise RuntimeError(f"{handler.__name__} loaded no aggregate")
-                    idem = IdempotencyRecord(key, type(cmd).__name__, fingerprint, result) if key else None
+                    # The fingerprint is computed when first read (storing it, or a repeated key).
+                    idem = IdempotencyRecord(key, type(cmd).__name__, cmd.fingerprint, result) if key else None
                     recorded = self.repo.save(agg, self._metadata(cmd), idem)
                 except ConcurrencyError as exc:
                     self.repo.cache.evict(stream_id)
@@ -88,7 +88,7 @@ class CommandBus:
                     continue
                 except AlreadyHandled as exc:
                     self.repo.cache.evict(stream_id)
-                    return self._replay_result(cmd, exc.record, fingerprint)
+                    return self._replay_result(cmd, exc.record)
                 except BaseException:
                     self.repo.cache.evict(stream_id)
                     raise
@@ -111,8 +111,8 @@ class CommandBus:
         )
 
     @staticmethod
-    def _replay_result(cmd: Command, stored: IdempotencyRecord, fingerprint: str) -> Result:
-        if stored.command_type != type(cmd).__name__ or stored.fingerprint != fingerprint:
+    def _replay_result(cmd: Command, stored: IdempotencyRecord) -> Result:
+        if stored.command_type != type(cmd).__name__ or stored.fingerprint != cmd.fingerprint():
             raise IdempotencyConflict(
                 f"idempotency key {cmd.idempotency_key!r} was used for a different request",
                 details={"first_command": stored.command_type},

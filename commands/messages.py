@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from domain.envelope import new_event_id
 from domain.values import OrderType, Side, Symbol, TradingMode, derived_id, new_id
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
@@ -26,7 +26,7 @@ class Command(BaseModel):
 
     stream_prefix: ClassVar[str] = "account"
 
-    command_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    command_id: str = Field(default_factory=new_event_id)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     correlation_id: str | None = None
     user_id: str = "system"
@@ -38,6 +38,22 @@ class Command(BaseModel):
     @property
     def stream_id(self) -> str:
         return f"{self.stream_prefix}-{self.aggregate_id}"
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """Build from values taken from validated state or exact arithmetic, without validation.
+
+        Every field must be given (a missing one raises ``KeyError``). What it builds equals
+        the validated command (same fields, same order, same fingerprint); it skips both the
+        validation and the per-field alias handling of ``model_construct`` (hot paths: the
+        bot runner and the paper venue send one or more commands per trade).
+        """
+        m = cls.__new__(cls)
+        object.__setattr__(m, "__dict__", {name: values[name] for name in cls.__pydantic_fields__})
+        object.__setattr__(m, "__pydantic_fields_set__", set(values))
+        object.__setattr__(m, "__pydantic_extra__", None)
+        object.__setattr__(m, "__pydantic_private__", None)
+        return m
 
     def fingerprint(self) -> str:
         """Hash of what the command asks for, to detect a key reused for another request."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -15,14 +15,48 @@ NO_STREAM = 0
 """Expected version of a stream that has no events yet (versions start at 1)."""
 
 
-@dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
-    """The first result of a command, stored atomically with its events."""
+    """The first result of a command, stored atomically with its events.
 
-    key: str
-    command_type: str
-    fingerprint: str
-    result: dict[str, Any]
+    ``fingerprint`` may be given as a function that computes it: it is then computed on
+    first read (a database store reads it to write it; the in-memory store only when the
+    key comes back), so a command's fingerprint costs nothing until someone needs it.
+    """
+
+    __slots__ = ("key", "command_type", "_fingerprint", "result")
+
+    def __init__(
+        self, key: str, command_type: str, fingerprint: str | Callable[[], str], result: dict[str, Any]
+    ) -> None:
+        self.key = key
+        self.command_type = command_type
+        self._fingerprint = fingerprint
+        self.result = result
+
+    @property
+    def fingerprint(self) -> str:
+        fp = self._fingerprint
+        if not isinstance(fp, str):
+            fp = self._fingerprint = fp()
+        return fp
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdempotencyRecord):
+            return NotImplemented
+        return (self.key, self.command_type, self.fingerprint, self.result) == (
+            other.key,
+            other.command_type,
+            other.fingerprint,
+            other.result,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"IdempotencyRecord(key={self.key!r}, command_type={self.command_type!r},"
+            f" fingerprint={self.fingerprint!r}, result={self.result!r})"
+        )
 
 
 class AlreadyHandled(Exception):

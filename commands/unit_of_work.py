@@ -44,9 +44,10 @@ class AggregateCache:
     def put(self, agg: Aggregate) -> None:
         if self._capacity <= 0:
             return
+        stream_id = agg.stream_id
         with self._lock:
-            self._items[agg.stream_id] = agg
-            self._items.move_to_end(agg.stream_id)
+            self._items[stream_id] = agg
+            self._items.move_to_end(stream_id)
             while len(self._items) > self._capacity:
                 self._items.popitem(last=False)
 

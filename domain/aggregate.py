@@ -22,6 +22,7 @@ class Aggregate:
         self.id = aggregate_id
         self.version = 0
         self._pending: list[Event] = []
+        self._stream_id = self.stream_id_for(aggregate_id)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -33,7 +34,7 @@ class Aggregate:
 
     @property
     def stream_id(self) -> str:
-        return self.stream_id_for(self.id)
+        return self._stream_id
 
     def apply(self, event: Event) -> None:
         """Apply a stored or new event; the only way state changes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
@@ -21,12 +22,25 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID5_SET = (5 << 76) | (0x8000 << 48)
+
+
 def derived_id(prefix: str, *parts: str) -> str:
-    """Return an identifier derived deterministically from ``parts`` (retries give the same id)."""
-    return f"{prefix}_{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(parts)).hex}"
+    """Return an identifier derived deterministically from ``parts`` (retries give the same id).
+
+    The hex of ``uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts))``, computed without
+    building a ``UUID`` (it is on every order's path).
+    """
+    digest = hashlib.sha1(_URL_NAMESPACE + "/".join(parts).encode()).digest()
+    n = (int.from_bytes(digest[:16], "big") & _UUID5_CLEAR) | _UUID5_SET
+    return f"{prefix}_{n:032x}"
 
 
 def _decimal(value: object, what: str) -> Decimal:
+    if type(value) is Decimal and value.is_finite():
+        return value  # the common case, first: amounts computed in Decimal
     if isinstance(value, float):
         # A float has already lost exactness; insist on str/int/Decimal input.
         raise ValidationFailed(f"{what} must be given as a string or Decimal, not a float")
@@ -39,16 +53,22 @@ def _decimal(value: object, what: str) -> Decimal:
     return d
 
 
+# An instance of the value type itself was checked when it was made, and decimals are
+# immutable: the constructors hand it back as it is (events rewrap amounts they carry over).
+
+
 class Price(Decimal):
     """A strictly positive price."""
 
     __slots__ = ()
 
     def __new__(cls, value: object = "0") -> Price:
+        if isinstance(value, Price):
+            return value
         d = _decimal(value, "price")
         if d <= 0:
             raise ValidationFailed(f"price must be positive: {value!r}")
-        return super().__new__(cls, d)
+        return Decimal.__new__(cls, d)
 
 
 class Quantity(Decimal):
@@ -57,10 +77,12 @@ class Quantity(Decimal):
     __slots__ = ()
 
     def __new__(cls, value: object = "0") -> Quantity:
+        if isinstance(value, Quantity):
+            return value
         d = _decimal(value, "quantity")
         if d < 0:
             raise ValidationFailed(f"quantity must not be negative: {value!r}")
-        return super().__new__(cls, d)
+        return Decimal.__new__(cls, d)
 
 
 class Money(Decimal):
@@ -69,7 +91,9 @@ class Money(Decimal):
     __slots__ = ()
 
     def __new__(cls, value: object = "0") -> Money:
-        return super().__new__(cls, _decimal(value, "amount"))
+        if isinstance(value, Money):
+            return value
+        return Decimal.__new__(cls, _decimal(value, "amount"))
 
 
 ZERO = Decimal(0)

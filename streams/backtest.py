@@ -46,7 +46,7 @@ import numpy as np
 
 from adapters.eventstore.memory import InMemoryEventStore
 from adapters.market import PriceBook, StaticMarkets
-from adapters.marketdata import Bar, bar_at, from_ns, timeframe_delta, to_decimal
+from adapters.marketdata import Bar, bar_at, from_ns, ns, timeframe_delta, to_decimal
 from adapters.paper import PaperExecution
 from commands.bot_runner_handlers import RUNNER_HANDLERS
 from commands.bus import CommandBus
@@ -287,6 +287,9 @@ def run_backtest(
     ev_entry: list[float] = []
     k = 0
     i = -1
+    acc = sim.account()
+    pos = acc.s.positions.get(symbol)
+    recorded_version = acc.version  # the state before the first bar: the deposit, no position
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the replay allocates millions of small objects and frees few: collections only cost
     try:
@@ -296,8 +299,6 @@ def run_backtest(
                 nxt = i + 1
             if nxt > last:
                 nxt = last
-            acc = sim.account()
-            pos = acc.s.positions.get(symbol)
             if pos is not None and (pos.stop_loss is not None or pos.take_profit is not None) and nxt > i + 1:
                 seg = slice(i + 1, nxt)
                 hit = np.zeros(nxt - i - 1, dtype=bool)
@@ -309,31 +310,41 @@ def run_backtest(
                     nxt = i + 1 + int(np.argmax(hit))
             i = nxt
             is_signal = k < nsig and sig[k] == i
-            runner.on_bar(bar_at(series, i), frame.at(i) if is_signal else None)
+            # Given the signal, the runner reads no volume (it keeps no history of its own).
+            runner.on_bar(bar_at(series, i, volume=False), frame.at(i) if is_signal else None)
             if is_signal:
                 k += 1
             acc = sim.account()
             pos = acc.s.positions.get(symbol)
-            ev_idx.append(i)
-            ev_cash.append(float(acc.s.cash))
-            if pos is None:
-                ev_margin.append(0.0)
-                ev_qty.append(0.0)
-                ev_entry.append(0.0)
-            else:
-                ev_margin.append(float(pos.margin))
-                ev_qty.append(float(pos.quantity) * pos.direction)
-                ev_entry.append(float(pos.entry_price))
+            if acc.version != recorded_version:
+                # The curve holds each state from the bar it appeared at: an unchanged account adds no point.
+                recorded_version = acc.version
+                ev_idx.append(i)
+                ev_cash.append(float(acc.s.cash))
+                if pos is None:
+                    ev_margin.append(0.0)
+                    ev_qty.append(0.0)
+                    ev_entry.append(0.0)
+                else:
+                    ev_margin.append(float(pos.margin))
+                    ev_qty.append(float(pos.quantity) * pos.direction)
+                    ev_entry.append(float(pos.entry_price))
             if runner.stopped is not None:
                 break
     finally:
         if gc_was_enabled:
+            # The event log the replay built is alive and acyclic: scanning it finds nothing, and
+            # the first collection after ``gc.enable()`` would walk every object it holds (about
+            # a second per million bars). Hand it to the oldest generation unscanned instead
+            # (freeze, then unfreeze: no collection runs in between).
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
     acc = sim.account()
     final_equity = acc.equity({symbol: to_decimal(series.close[last])})
     equity = _equity_curve(series, spec, ev_idx, ev_cash, ev_margin, ev_qty, ev_entry)
-    trades = _trades(sim.store, series)
-    summary = summarise(series, spec, equity, trades, final_equity)
+    trades, spans = _trades_and_spans(sim.store)
+    summary = summarise(series, spec, equity, trades, final_equity, spans=spans)
     summary["elapsed_s"] = round(time.perf_counter() - started, 6)
     summary["events"] = sim.store.last_position()
     summary["bars_processed"] = runner.stats.bars
@@ -378,25 +389,39 @@ def _equity_curve(
 
 def _trades(store: InMemoryEventStore, series: Bars) -> list[dict[str, Any]]:
     """Closed and open positions of the backtest, from the account's events."""
-    opened: dict[str, dict[str, Any]] = {}
+    return _trades_and_spans(store)[0]
+
+
+def _trades_and_spans(store: InMemoryEventStore) -> tuple[list[dict[str, Any]], list[tuple[int, int | None]]]:
+    """The trades (as ``_trades``) and, for each, its entry and exit time in ns (None: still open)."""
+    opened: dict[str, tuple[dict[str, Any], int]] = {}
     out: list[dict[str, Any]] = []
+    spans: list[tuple[int, int | None]] = []
+    position_opened, position_closed = ae.PositionOpened, ae.PositionClosed
     for rec in store.read_stream(Account.stream_id_for(ACCOUNT_ID)):
         e = rec.event
-        if isinstance(e, ae.PositionOpened):
-            opened[e.position_id] = {
-                "position_id": e.position_id,
-                "side": e.side.value,
-                "entry_time": e.at.isoformat(),
-                "entry_price": str(e.entry_price),
-                "quantity": str(e.quantity),
-                "notional": e.quantity * e.entry_price,
-                "stop_loss": None if e.stop_loss is None else str(e.stop_loss),
-                "take_profit": None if e.take_profit is None else str(e.take_profit),
-            }
-        elif isinstance(e, ae.PositionClosed):
-            t = opened.pop(e.position_id, None)
-            if t is None:
+        cls = type(e)
+        if cls is position_opened:
+            assert isinstance(e, ae.PositionOpened)
+            opened[e.position_id] = (
+                {
+                    "position_id": e.position_id,
+                    "side": e.side._value_,
+                    "entry_time": e.at.isoformat(),
+                    "entry_price": str(e.entry_price),
+                    "quantity": str(e.quantity),
+                    "notional": e.quantity * e.entry_price,
+                    "stop_loss": None if e.stop_loss is None else str(e.stop_loss),
+                    "take_profit": None if e.take_profit is None else str(e.take_profit),
+                },
+                ns(e.at),
+            )
+        elif cls is position_closed:
+            assert isinstance(e, ae.PositionClosed)
+            entry = opened.pop(e.position_id, None)
+            if entry is None:
                 continue
+            t, entry_ns = entry
             net = e.total_realised_pnl - e.fees
             notional = t.pop("notional")
             t.update(
@@ -410,11 +435,13 @@ def _trades(store: InMemoryEventStore, series: Bars) -> list[dict[str, Any]]:
                 status="closed",
             )
             out.append(t)
-    for t in opened.values():
+            spans.append((entry_ns, ns(e.at)))
+    for t, entry_ns in opened.values():
         t.pop("notional", None)
         t.update(status="open")
         out.append(t)
-    return out
+        spans.append((entry_ns, None))
+    return out, spans
 
 
 def _periods_per_year(spec: BacktestSpec) -> float:
@@ -422,7 +449,13 @@ def _periods_per_year(spec: BacktestSpec) -> float:
 
 
 def summarise(
-    series: Bars, spec: BacktestSpec, equity: np.ndarray, trades: list[dict[str, Any]], final: Decimal
+    series: Bars,
+    spec: BacktestSpec,
+    equity: np.ndarray,
+    trades: list[dict[str, Any]],
+    final: Decimal,
+    *,
+    spans: list[tuple[int, int | None]] | None = None,
 ) -> dict[str, Any]:
     """Return, Sharpe, Sortino, Calmar, max drawdown, win rate, profit factor, trades, final equity."""
     cash = float(spec.cash)
@@ -443,7 +476,9 @@ def summarise(
     std = float(rets.std(ddof=1)) if rets.size > 1 else 0.0
     downside = float(np.sqrt(np.mean(np.minimum(rets, 0.0) ** 2))) if rets.size else 0.0
     mean = float(rets.mean()) if rets.size else 0.0
-    exposure = float(np.mean(_in_position(series, trades))) if len(series) else 0.0
+    if spans is None:
+        spans = [(_ns_iso(t["entry_time"]), None if t["status"] == "open" else _ns_iso(t["exit_time"])) for t in trades]
+    exposure = float(np.mean(_in_position(series, spans))) if len(series) else 0.0
     gross_win = float(wins.sum())
     gross_loss = float(-losses.sum())
     return {
@@ -478,16 +513,21 @@ def summarise(
     }
 
 
-def _in_position(series: Bars, trades: list[dict[str, Any]]) -> np.ndarray:
-    held = np.zeros(len(series), dtype=bool)
-    for t in trades:
-        a = np.searchsorted(series.time, _ns_iso(t["entry_time"]), side="right") - 1
-        b = (
-            len(series)
-            if t["status"] == "open"
-            else np.searchsorted(series.time, _ns_iso(t["exit_time"]), side="right")
-        )
-        held[max(a, 0) : b] = True
+def _in_position(series: Bars, spans: list[tuple[int, int | None]]) -> np.ndarray:
+    """Bars held: from the bar a trade opened in through the bar it closed in (the last bar if open)."""
+    n = len(series)
+    if not spans:
+        return np.zeros(n, dtype=bool)
+    entry = np.fromiter((a for a, _ in spans), dtype=np.int64, count=len(spans))
+    is_open = np.fromiter((b is None for _, b in spans), dtype=bool, count=len(spans))
+    exit_ = np.fromiter((0 if b is None else b for _, b in spans), dtype=np.int64, count=len(spans))
+    start = np.maximum(np.searchsorted(series.time, entry, side="right") - 1, 0)
+    stop = np.where(is_open, n, np.searchsorted(series.time, exit_, side="right"))
+    keep = stop > start
+    depth = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(depth, start[keep], 1)
+    np.add.at(depth, stop[keep], -1)
+    held: np.ndarray = np.cumsum(depth[:n]) > 0
     return held
 
 

@@ -236,6 +236,7 @@ class BotRunner:
         self.venue = venue
         self.prices = prices
         self.bot_id = bot_id
+        self._user_id = f"bot:{bot_id}"
         self.settings = settings or RunnerSettings()
         self.sim_clock = sim_clock
         bot = bus.repo.load(Bot, bot_id)
@@ -364,7 +365,8 @@ class BotRunner:
             self.stats.filtered[why] = self.stats.filtered.get(why, 0) + 1
             return
         action = "buy" if signal.action is Action.BUY else "sell"
-        cmd = RecordSignal.model_construct(
+        at = bar.time.isoformat()
+        cmd = RecordSignal.trusted(
             bot_id=self.bot_id,
             bar_time=bar.time,
             action=action,
@@ -372,10 +374,10 @@ class BotRunner:
             strength=_unit(signal.strength),
             price=bar.close,
             indicators=signal.indicators,
-            idempotency_key=f"bot:{self.bot_id}:{bar.time.isoformat()}:signal",
-            command_id=f"sig:{self.bot_id}:{bar.time.isoformat()}",
+            idempotency_key=f"bot:{self.bot_id}:{at}:signal",
+            command_id=f"sig:{self.bot_id}:{at}",
             correlation_id=None,
-            user_id=f"bot:{self.bot_id}",
+            user_id=self._user_id,
         )
         try:
             self.bus.handle(cmd)
@@ -398,7 +400,7 @@ class BotRunner:
     def _tick(self, price: Decimal, ts: datetime) -> None:
         if self.sim_clock is not None:
             self.sim_clock.set(ts)
-        self.venue.on_price(self.symbol, price, ts)
+        self.venue.on_price(self._sym, price, ts)
 
     def _walk_exits(self, bar: Bar, ts: datetime) -> None:
         """Show the venue the stop-loss / take-profit level when the bar's range reaches it."""
@@ -430,7 +432,8 @@ class BotRunner:
         return pos
 
     def _execute(self, intent: Intent) -> None:
-        key = f"bot:{self.bot_id}:{intent.bar_time.isoformat()}:order"
+        at = intent.bar_time.isoformat()
+        key = f"bot:{self.bot_id}:{at}:order"
         if self.bus.store.lookup_idempotency(key) is not None:
             return  # placed before a restart
         acc = self._account()
@@ -450,11 +453,11 @@ class BotRunner:
                 sl = _price(price * (ONE - self.stop_loss_pct / HUNDRED))
             if self.take_profit_pct is not None:
                 tp = _price(price * (ONE + self.take_profit_pct / HUNDRED))
-            cmd = self._order(key, intent, Side.BUY, qty, reduce_only=False, stop_loss=sl, take_profit=tp)
+            cmd = self._order(key, at, Side.BUY, qty, reduce_only=False, stop_loss=sl, take_profit=tp)
         else:
             if pos is None or pos.side is not PositionSide.LONG or pos.closing_order_id is not None:
                 return
-            cmd = self._order(key, intent, Side.SELL, pos.quantity, reduce_only=True)
+            cmd = self._order(key, at, Side.SELL, pos.quantity, reduce_only=True)
         try:
             result = self.bus.handle(cmd)
         except IdempotencyConflict:
@@ -472,7 +475,7 @@ class BotRunner:
     def _order(
         self,
         key: str,
-        intent: Intent,
+        at: str,
         side: Side,
         qty: Decimal,
         *,
@@ -481,10 +484,10 @@ class BotRunner:
         take_profit: Decimal | None = None,
     ) -> PlaceOrder:
         # Built without re-validation: every field comes from validated state or exact arithmetic.
-        return PlaceOrder.model_construct(
+        return PlaceOrder.trusted(
             account_id=self.account_id,
             order_id=None,
-            symbol=self.symbol,
+            symbol=self._sym,
             side=side,
             order_type=OrderType.MARKET,
             quantity=qty,
@@ -498,9 +501,9 @@ class BotRunner:
             expires_at=None,
             reserve_buffer=None if reduce_only else self._reserve_buffer,
             idempotency_key=key,
-            command_id=f"ord:{self.bot_id}:{intent.bar_time.isoformat()}",
-            correlation_id=f"sig:{self.bot_id}:{intent.bar_time.isoformat()}",
-            user_id=f"bot:{self.bot_id}",
+            command_id=f"ord:{self.bot_id}:{at}",
+            correlation_id=f"sig:{self.bot_id}:{at}",
+            user_id=self._user_id,
         )
 
     def _has_open_order(self, acc: Account) -> bool:
@@ -538,8 +541,11 @@ class BotRunner:
         return self.bus.repo.load(Bot, self.bot_id).s.status
 
 
+_MICRO = Decimal("1e-6")
+
+
 def _unit(x: float) -> Decimal:
-    return Decimal(repr(min(max(float(x), 0.0), 1.0))).quantize(Decimal("1e-6"), rounding=ROUND_HALF_EVEN)
+    return Decimal(repr(min(max(float(x), 0.0), 1.0))).quantize(_MICRO, rounding=ROUND_HALF_EVEN)
 
 
 def _price(p: Decimal) -> Decimal:

@@ -192,3 +192,24 @@ def test_cli_backtest_prints_one_json_object(tmp_path, capsys):
     assert json.loads(again.stdout.strip().splitlines()[-1])["final_equity"] == summary["final_equity"]
     listed = runner.invoke(app, ["backtests", "--url", db, "--json"])
     assert len(json.loads(listed.stdout)) == 2
+
+
+def test_exposure_from_the_position_spans_equals_exposure_from_the_trade_times(result):
+    from streams.backtest import summarise
+
+    from_times = summarise(SERIES, SPEC, result.equity, result.trades, result.final_equity)
+
+    assert result.summary["exposure"] == from_times["exposure"]
+    assert 0 < result.summary["exposure"] < 1
+
+
+def test_bars_held_cover_each_trade_from_its_entry_bar_through_its_exit_bar():
+    from streams.backtest import _in_position
+
+    t = SERIES.time
+    spans = [(int(t[5]), int(t[9]) + 1), (int(t[7]) + 10, int(t[12])), (int(t[40]), int(t[40])), (int(t[3990]), None)]
+    held = _in_position(SERIES, spans)
+
+    expected = np.zeros(len(SERIES), dtype=bool)
+    expected[5:10] = expected[7:13] = expected[40:41] = expected[3990:] = True
+    assert (held == expected).all()

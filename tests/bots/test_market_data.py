@@ -222,3 +222,22 @@ def test_ccxt_real_download():  # pragma: no cover - needs a network
 def test_bars_reject_inconsistent_prices():
     with pytest.raises(MarketDataError):
         Bar(datetime(2024, 1, 1, tzinfo=UTC), Decimal(10), Decimal(9), Decimal(8), Decimal(10))
+
+
+def test_bar_at_builds_the_bar_the_checked_constructor_builds():
+    from adapters.marketdata import bar_at, from_ns, to_decimal
+    from domain.strategies import Bars
+
+    rng = np.random.default_rng(3)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 200)))
+    series = Bars.from_arrays(np.arange(200, dtype=np.int64) * 60 * 10**9, close * 1.001, close * 1.01,
+                              close * 0.99, close, np.full(200, 3.5))
+    for i in range(200):
+        checked = Bar(from_ns(int(series.time[i])), *(to_decimal(c[i]) for c in
+                      (series.open, series.high, series.low, series.close, series.volume)))
+        assert bar_at(series, i) == checked
+        assert bar_at(series, i, volume=False) == Bar(checked.time, checked.open, checked.high, checked.low,
+                                                      checked.close)
+    bad = Bars.from_arrays(series.time[:2], [10.0, 10.0], [9.0, 11.0], [8.0, 9.0], [10.0, 10.0])
+    with pytest.raises(MarketDataError):
+        bar_at(bad, 0)

@@ -863,3 +863,38 @@ def test_order_id_comes_from_the_key_so_retries_reuse_it():
     assert c.resolved_order_id() != a.resolved_order_id()
     assert PlaceOrder(account_id=ACCOUNT_ID, symbol=BTC, side="buy", quantity=D(1),
                       order_id="mine").resolved_order_id() == "mine"
+
+
+def test_trusted_command_equals_the_validated_one_and_has_its_fingerprint():
+    from domain.values import OrderType, Side, Symbol
+
+    values = dict(account_id=ACCOUNT_ID, order_id=None, symbol=Symbol(BTC), side=Side.BUY,
+                  order_type=OrderType.MARKET, quantity=D("2"), limit_price=None, stop_price=None,
+                  take_profit=None, stop_loss=D("90"), leverage=D(1), reduce_only=False, bot_id="b1",
+                  expires_at=None, reserve_buffer=D("0.001"), idempotency_key="k", command_id="c",
+                  correlation_id=None, user_id="bot:b1")
+    trusted = PlaceOrder.trusted(**values)
+    validated = PlaceOrder(**values)
+
+    assert trusted == validated
+    assert list(trusted.__dict__) == list(validated.__dict__)
+    assert trusted.fingerprint() == validated.fingerprint()
+    with pytest.raises(KeyError):
+        PlaceOrder.trusted(**{k: v for k, v in values.items() if k != "side"})
+
+
+def test_idempotency_record_computes_a_deferred_fingerprint_once():
+    from commands.ports import IdempotencyRecord
+
+    calls = []
+
+    def fingerprint() -> str:
+        calls.append(1)
+        return "fp"
+
+    record = IdempotencyRecord("k", "Deposit", fingerprint, {"ok": True})
+
+    assert calls == []
+    assert record.fingerprint == "fp" and record.fingerprint == "fp"
+    assert calls == [1]
+    assert record == IdempotencyRecord("k", "Deposit", "fp", {"ok": True})

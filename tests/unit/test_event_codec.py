@@ -365,3 +365,32 @@ def test_catalog_registers_every_event_module():
 
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= len(defined)
+
+
+def test_new_event_ids_are_distinct_version_4_uuids():
+    import uuid
+
+    from domain.envelope import new_event_id
+
+    ids = [new_event_id() for _ in range(1000)]
+
+    assert len(set(ids)) == len(ids)
+    for text in ids[:50]:
+        u = uuid.UUID(text)
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == text
+
+
+def test_recorded_event_kept_as_objects_encodes_data_and_metadata_when_first_read():
+    ev = FundsDeposited(account_id="a1", amount=Decimal("10.50"), at=datetime(2026, 1, 1, tzinfo=UTC))
+    meta = Metadata(correlation_id="c", causation_id="c", user_id="u", ts_event=datetime(2026, 1, 1, tzinfo=UTC))
+    rec = RecordedEvent(event_id="e1", stream_id="account-a1", version=1, position=1, type="FundsDeposited",
+                        schema_version=1, data=None, metadata=meta, ts_recorded=datetime(2026, 1, 1, tzinfo=UTC),
+                        event=ev)
+
+    assert rec.data == EVENT_TYPES.to_data(ev)
+    assert rec.data is rec.data  # encoded once
+    assert rec.metadata == meta.to_dict()
+    assert rec.event is ev
+    with pytest.raises(ValueError):
+        RecordedEvent(event_id="e2", stream_id="s", version=1, position=1, type="FundsDeposited", schema_version=1,
+                      data=None, metadata={}, ts_recorded=datetime(2026, 1, 1, tzinfo=UTC))

@@ -206,3 +206,19 @@ def test_manual_clock_refuses_naive_datetimes():
     clock = ManualClock()
     with pytest.raises(ValueError):
         clock.set(datetime(2026, 3, 1))
+
+
+def test_derived_id_is_the_hex_of_uuid5_over_the_joined_parts():
+    import uuid
+
+    for parts in [("a",), ("backtest", "bot:b:2020-01-01T00:00:00+00:00:order"), ("ü", "", "x/y")]:
+        expected = uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
+        assert derived_id("ord", *parts) == f"ord_{expected}"
+
+
+@pytest.mark.parametrize("cls, text", [(Price, "64250.50"), (Quantity, "0"), (Money, "-1.25")])
+def test_an_amount_of_its_own_type_is_handed_back_and_a_plain_decimal_is_wrapped(cls, text):
+    amount = cls(Decimal(text))
+
+    assert type(amount) is cls and str(amount) == text
+    assert cls(amount) is amount
