@@ -62,10 +62,9 @@ class CommandBus:
             raise TypeError(f"no handler for {type(cmd).__name__}")
         key = cmd.idempotency_key
         fingerprint = cmd.fingerprint() if key else ""
-        if key:
-            stored = self.store.lookup_idempotency(key)
-            if stored is not None:
-                return self._replay_result(cmd, stored, fingerprint)
+        # A repeated key is the exception: it is not looked up first (a read per command),
+        # the append refuses it atomically (``AlreadyHandled``), and a decision that fails
+        # looks it up then (a retried request may fail on the state its first run made).
         stream_id = cmd.stream_id
         lock = self._locks[zlib.crc32(stream_id.encode()) % _STRIPES]
         with lock:
@@ -89,6 +88,12 @@ class CommandBus:
                 except AlreadyHandled as exc:
                     self.repo.cache.evict(stream_id)
                     return self._replay_result(cmd, exc.record, fingerprint)
+                except Exception:
+                    self.repo.cache.evict(stream_id)
+                    stored = self.store.lookup_idempotency(key) if key else None
+                    if stored is not None:
+                        return self._replay_result(cmd, stored, fingerprint)
+                    raise
                 except BaseException:
                     self.repo.cache.evict(stream_id)
                     raise
