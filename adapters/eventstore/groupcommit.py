@@ -1,6 +1,6 @@
 """Group commit: many writer threads share one durable transaction per batch.
 
-Callers submit an ``AppendRequest`` and block on its future; one appender thread drains
+Callers submit an ``AppendRequest`` and block on its completion; one appender thread drains
 the queue and hands every pending request (up to ``max_batch``) to the backend's
 ``write_batch``, which writes them all in ONE transaction. Each request is checked on its
 own inside that transaction by ``plan_batch`` (versions, idempotency keys and event ids
@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -31,6 +30,45 @@ Outcome = list[RecordedEvent] | Exception
 WriteBatch = Callable[[Sequence["AppendRequest"]], Sequence[Outcome]]
 
 
+class Completion:
+    """The outcome of one request, set once by the appender thread, awaited by its caller.
+
+    Lighter than ``concurrent.futures.Future`` (a bare lock, no condition, no callbacks):
+    the appender wakes every writer of a batch one by one, on its critical path.
+    """
+
+    __slots__ = ("_lock", "_outcome", "_failed", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._outcome: list[RecordedEvent] | BaseException | None = None
+        self._failed = False
+        self._set = False
+
+    def done(self) -> bool:
+        return self._set
+
+    def set_result(self, result: list[RecordedEvent]) -> None:
+        self._outcome, self._set = result, True
+        self._lock.release()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._outcome, self._failed, self._set = exc, True, True
+        self._lock.release()
+
+    def result(self) -> list[RecordedEvent]:
+        """Block until the outcome is set; return it, or raise it."""
+        self._lock.acquire()
+        self._lock.release()  # leave it released: ``done`` stays true, a second wait returns
+        outcome = self._outcome
+        if self._failed:
+            assert isinstance(outcome, BaseException)
+            raise outcome
+        assert isinstance(outcome, list)
+        return outcome
+
+
 @dataclass(slots=True, eq=False)
 class AppendRequest:
     """One ``append`` call, encoded in the caller's thread, waiting for its batch."""
@@ -40,7 +78,7 @@ class AppendRequest:
     expected_version: int | None
     idempotency: IdempotencyRecord | None
     idempotency_result_json: str | None
-    future: Future[list[RecordedEvent]] = field(default_factory=Future)
+    future: Completion = field(default_factory=Completion)
     writer: int = 0
     """Thread id of the submitter (to tell how many writers are active)."""
 

@@ -79,6 +79,7 @@ class PostgresEventStore:
         schema: str = "public",
         pool_size: int = 8,
         max_batch: int = 512,
+        linger: float = 0.002,
         poll_interval: float = 1.0,
         create: bool = True,
         before_commit: BeforeCommit | None = None,
@@ -87,7 +88,9 @@ class PostgresEventStore:
 
         ``poll_interval`` is the fallback re-read period of ``subscribe`` should a
         notification be lost; ``before_commit`` is a fault-injection hook for tests,
-        called by the appender inside each write transaction just before COMMIT.
+        called by the appender inside each write transaction just before COMMIT;
+        ``linger`` is how long a batch may wait for writers that were active in the last
+        batches (``GroupCommitAppender``): fewer, larger commits when commits are dear.
         """
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}: {schema!r}")
@@ -118,7 +121,8 @@ class PostgresEventStore:
             if create:
                 self.create_schema()
             self._appender = GroupCommitAppender(
-                self._write_batch, name=f"pg-appender-{schema}", max_batch=max_batch
+                self._write_batch, name=f"pg-appender-{schema}", max_batch=max_batch,
+                linger=linger,
             )
         except BaseException:
             if self._owns_pool:

@@ -107,6 +107,7 @@ class SqliteEventStore:
         clock: Clock,
         *,
         max_batch: int = 512,
+        linger: float = 0.002,
         poll_interval: float = 0.05,
         busy_timeout: float = 30.0,
         before_commit: BeforeCommit | None = None,
@@ -115,7 +116,8 @@ class SqliteEventStore:
 
         ``poll_interval`` bounds how late ``subscribe`` sees another process's appends;
         ``before_commit`` is a fault-injection hook for tests, called by the appender
-        inside each write transaction just before COMMIT.
+        inside each write transaction just before COMMIT; ``linger`` is how long a batch
+        may wait for writers that were active in the last batches (``GroupCommitAppender``).
         """
         self._path = os.fspath(path)
         self._clock = clock
@@ -136,7 +138,8 @@ class SqliteEventStore:
                 self._writer.execute(statement)
             self._writer.execute("COMMIT")
             self._appender = GroupCommitAppender(
-                self._write_batch, name="sqlite-appender", max_batch=max_batch
+                self._write_batch, name="sqlite-appender", max_batch=max_batch,
+                linger=linger,
             )
         except BaseException:
             self._close_connections()
