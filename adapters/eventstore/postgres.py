@@ -188,7 +188,8 @@ class PostgresEventStore:
         versions, numbers and inserts the events and records, and commits (autocommit: one
         round trip); it refuses the batch when a version differs, and a unique constraint
         refuses it when a key or an event id is stored already. Returns None then (nothing
-        was written): the caller resolves the batch against the stored state instead.
+        was written), and also when the plan refuses a request (that refusal may rest on the
+        assumptions): the caller resolves the batch against the stored state instead.
         """
         expected: dict[str, int] = {}
         for req in requests:
@@ -200,6 +201,10 @@ class PostgresEventStore:
             requests, last_position=0, versions=expected, idempotency={}, stored_events={},
             ts_recorded=now,
         )
+        if any(isinstance(o, Exception) for o in plan.outcomes):
+            # A refusal may rest on what was assumed (a retried append whose events are
+            # stored gets them back whatever its expected version): check it under the lock.
+            return None
         args = (
             _encode_streams(expected),
             _encode_events(plan.event_rows),
