@@ -52,6 +52,12 @@ class CommandBus:
         self._handlers = dict(handlers or HANDLERS)
         self._deps: dict[str, Any] = {"clock": clock, "prices": prices, "markets": markets}
         self._params = {cls: list(inspect.signature(fn).parameters)[1:] for cls, fn in self._handlers.items()}
+        # Each handler's dependencies other than ``uow``, resolved once.
+        self._kwargs = {
+            cls: {name: self._deps[name] for name in params if name != "uow"}
+            for cls, params in self._params.items()
+        }
+        self._takes_uow = {cls: "uow" in params for cls, params in self._params.items()}
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
         self.on_committed: list[Callable[[list[RecordedEvent]], None]] = []
 
@@ -71,9 +77,8 @@ class CommandBus:
             for attempt in range(1, self.max_attempts + 1):
                 uow = UnitOfWork(self._load)
                 try:
-                    result = handler(
-                        cmd, **{name: uow if name == "uow" else self._deps[name] for name in self._params[type(cmd)]}
-                    )
+                    kwargs = self._kwargs[type(cmd)]
+                    result = handler(cmd, uow=uow, **kwargs) if self._takes_uow[type(cmd)] else handler(cmd, **kwargs)
                     agg = uow.aggregate
                     if agg is None:
                         raise RuntimeError(f"{handler.__name__} loaded no aggregate")

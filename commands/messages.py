@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from domain.values import OrderType, Side, Symbol, TradingMode, derived_id, new_id
+from domain.values import OrderType, Side, Symbol, TradingMode, derived_id, new_id, uuid4_str
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 Percent = Annotated[Decimal, Field(ge=0, le=100, allow_inf_nan=False)]
@@ -26,7 +25,7 @@ class Command(BaseModel):
 
     stream_prefix: ClassVar[str] = "account"
 
-    command_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    command_id: str = Field(default_factory=uuid4_str)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     correlation_id: str | None = None
     user_id: str = "system"

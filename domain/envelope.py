@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from domain.events import EVENT_TYPES, Event
+from domain.values import uuid4_str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -36,7 +36,7 @@ class NewEvent:
 
     event: Event
     metadata: Metadata = field(default_factory=Metadata)
-    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = field(default_factory=uuid4_str)
 
     @property
     def type(self) -> str:
