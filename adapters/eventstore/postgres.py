@@ -7,6 +7,12 @@ visible, so positions become visible in increasing order, across processes too: 
 reader tailing ``read_all`` can never see position n+1 before position n. One appender
 thread per store writes all pending appends in one transaction (group commit), so
 concurrent writers share one durable commit instead of queueing on the lock.
+
+The write is one call of the schema's ``append_batch`` function, in autocommit: lock,
+version check, numbering, inserts of events and idempotency records, NOTIFY and COMMIT
+in a single round trip. It assumes what the command side knows (the expected versions;
+keys and event ids new); when that is wrong the batch is written again after reading
+the stored state under the lock (``_write_checked``), which is rare.
 """
 
 from __future__ import annotations
