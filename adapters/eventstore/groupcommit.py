@@ -133,6 +133,8 @@ class GroupCommitAppender:
         self._previous: set[int] = set()
         self._cond = threading.Condition()
         self._queue: deque[AppendRequest] = deque()
+        self._wake_at = 1
+        """Queue length at which a submit wakes the appender (more while it lingers)."""
         self._closing = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -152,7 +154,10 @@ class GroupCommitAppender:
                 raise AppenderClosed("event store is closed")
             request.writer = threading.get_ident()
             self._queue.append(request)
-            self._cond.notify()
+            # Wake the appender only when it wants to look: a lingering appender would
+            # otherwise be woken (a system call, and a thread switch) by every writer.
+            if len(self._queue) >= self._wake_at:
+                self._cond.notify()
         return request.future.result()
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -193,11 +198,15 @@ class GroupCommitAppender:
         if self._linger <= 0 or len(self._queue) >= want:
             return
         deadline = time.monotonic() + self._linger
-        while len(self._queue) < want and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
+        self._wake_at = want
+        try:
+            while len(self._queue) < want and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+        finally:
+            self._wake_at = 1
 
     def _write(self, batch: list[AppendRequest]) -> None:
         try:
