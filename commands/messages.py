@@ -40,8 +40,9 @@ class Command(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of what the command asks for, to detect a key reused for another request."""
-        body = self.model_dump_json(exclude=_ENVELOPE_FIELDS)
-        return hashlib.sha256(f"{type(self).__name__}:{body}".encode()).hexdigest()
+        # The serializer itself (what ``model_dump_json`` calls), as bytes: half the cost.
+        body = type(self).__pydantic_serializer__.to_json(self, exclude=_ENVELOPE_FIELDS)
+        return hashlib.sha256(type(self).__name__.encode() + b":" + body).hexdigest()
 
 
 class AccountCommand(Command):
