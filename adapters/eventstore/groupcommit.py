@@ -2,7 +2,9 @@
 
 Callers submit an ``AppendRequest`` and block on its completion; one appender thread drains
 the queue and hands every pending request (up to ``max_batch``) to the backend's
-``write_batch``, which writes them all in ONE transaction. Each request is checked on its
+``write_batch``, which writes them all in ONE transaction. A lone writer (no other writer
+in the last batches, nothing being written or queued) writes its request itself, in its
+own thread: handing it over would cost two thread wake-ups, dear on a small machine. Each request is checked on its
 own inside that transaction by ``plan_batch`` (versions, idempotency keys and event ids
 resolved in Python against what the batch itself already wrote), so a request that
 fails fails alone; only a database error fails the whole batch.
@@ -135,6 +137,8 @@ class GroupCommitAppender:
         self._queue: deque[AppendRequest] = deque()
         self._wake_at = 1
         """Queue length at which a submit wakes the appender (more while it lingers)."""
+        self._busy = False
+        """A batch is being written (by the appender thread or by a lone writer)."""
         self._closing = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -152,13 +156,31 @@ class GroupCommitAppender:
                 raise AppenderCrashed("event store appender thread died") from self._failure
             if self._closing:
                 raise AppenderClosed("event store is closed")
-            request.writer = threading.get_ident()
-            self._queue.append(request)
-            # Wake the appender only when it wants to look: a lingering appender would
-            # otherwise be woken (a system call, and a thread switch) by every writer.
-            if len(self._queue) >= self._wake_at:
-                self._cond.notify()
+            me = request.writer = threading.get_ident()
+            alone = not self._busy and not self._queue and self._active <= {me}
+            if alone:
+                self._busy = True
+                self._note_batch({me})
+            else:
+                self._queue.append(request)
+                # Wake the appender only when it wants to look: a lingering appender would
+                # otherwise be woken (a system call, and a thread switch) by every writer.
+                if len(self._queue) >= self._wake_at:
+                    self._cond.notify()
+        if alone:
+            self._write_here(request)
         return request.future.result()
+
+    def _write_here(self, request: AppendRequest) -> None:
+        """Write a lone writer's request in its own thread (``_busy`` is set for it)."""
+        try:
+            self._write([request])
+        except BaseException as exc:
+            self._crash(exc, [request])
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # the appender: requests queued meanwhile, or closing
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, then stop the appender thread."""
@@ -175,20 +197,32 @@ class GroupCommitAppender:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._closing:
+                    while (self._busy or not self._queue) and not self._closing:
+                        if self._failure is not None:
+                            return  # a lone writer's batch crashed
                         self._cond.wait()
-                    if not self._queue:
+                    while self._busy:  # closing: a lone writer's batch is still being written
+                        self._cond.wait()
+                    if not self._queue or self._failure is not None:
                         return
                     self._linger_for_writers()
                     take = min(len(self._queue), self._max_batch)
                     batch = [self._queue.popleft() for _ in range(take)]
-                    current = {r.writer for r in batch}
-                    self._active = self._previous | current
-                    self._previous = current
-                self._write(batch)
+                    self._note_batch({r.writer for r in batch})
+                    self._busy = True
+                try:
+                    self._write(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
                 batch = []
         except BaseException as exc:
             self._crash(exc, batch)
+
+    def _note_batch(self, writers: set[int]) -> None:
+        # Called with self._cond held.
+        self._active = self._previous | writers
+        self._previous = writers
 
     def _linger_for_writers(self) -> None:
         # Like PostgreSQL's commit_delay: writers whose last append just committed are
@@ -231,6 +265,7 @@ class GroupCommitAppender:
             self._failure = exc
             pending = [*in_flight, *self._queue]
             self._queue.clear()
+            self._cond.notify_all()  # the appender thread stops too
         log.critical(
             "event store appender thread crashed", pending=len(pending), exc_info=exc
         )
