@@ -52,6 +52,12 @@ class CommandBus:
         self._handlers = dict(handlers or HANDLERS)
         self._deps: dict[str, Any] = {"clock": clock, "prices": prices, "markets": markets}
         self._params = {cls: list(inspect.signature(fn).parameters)[1:] for cls, fn in self._handlers.items()}
+        # Each handler's dependencies other than ``uow``, resolved once.
+        self._kwargs = {
+            cls: {name: self._deps[name] for name in params if name != "uow"}
+            for cls, params in self._params.items()
+        }
+        self._takes_uow = {cls: "uow" in params for cls, params in self._params.items()}
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
         self.on_committed: list[Callable[[list[RecordedEvent]], None]] = []
 
@@ -61,19 +67,17 @@ class CommandBus:
         if handler is None:
             raise TypeError(f"no handler for {type(cmd).__name__}")
         key = cmd.idempotency_key
-        if key:
-            stored = self.store.lookup_idempotency(key)
-            if stored is not None:
-                return self._replay_result(cmd, stored)
+        # A repeated key is the exception: it is not looked up first (a read per command),
+        # the append refuses it atomically (``AlreadyHandled``), and a decision that fails
+        # looks it up then (a retried request may fail on the state its first run made).
         stream_id = cmd.stream_id
         lock = self._locks[zlib.crc32(stream_id.encode()) % _STRIPES]
         with lock:
             for attempt in range(1, self.max_attempts + 1):
                 uow = UnitOfWork(self._load)
                 try:
-                    result = handler(
-                        cmd, **{name: uow if name == "uow" else self._deps[name] for name in self._params[type(cmd)]}
-                    )
+                    kwargs = self._kwargs[type(cmd)]
+                    result = handler(cmd, uow=uow, **kwargs) if self._takes_uow[type(cmd)] else handler(cmd, **kwargs)
                     agg = uow.aggregate
                     if agg is None:
                         raise RuntimeError(f"{handler.__name__} loaded no aggregate")
@@ -89,6 +93,12 @@ class CommandBus:
                 except AlreadyHandled as exc:
                     self.repo.cache.evict(stream_id)
                     return self._replay_result(cmd, exc.record)
+                except Exception:
+                    self.repo.cache.evict(stream_id)
+                    stored = self.store.lookup_idempotency(key) if key else None
+                    if stored is not None:
+                        return self._replay_result(cmd, stored)
+                    raise
                 except BaseException:
                     self.repo.cache.evict(stream_id)
                     raise

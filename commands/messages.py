@@ -9,8 +9,7 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from domain.envelope import new_event_id
-from domain.values import OrderType, Side, Symbol, TradingMode, derived_id, new_id
+from domain.values import OrderType, Side, Symbol, TradingMode, derived_id, new_id, uuid4_str
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 Percent = Annotated[Decimal, Field(ge=0, le=100, allow_inf_nan=False)]
@@ -26,7 +25,7 @@ class Command(BaseModel):
 
     stream_prefix: ClassVar[str] = "account"
 
-    command_id: str = Field(default_factory=new_event_id)
+    command_id: str = Field(default_factory=uuid4_str)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     correlation_id: str | None = None
     user_id: str = "system"
@@ -57,8 +56,9 @@ class Command(BaseModel):
 
     def fingerprint(self) -> str:
         """Hash of what the command asks for, to detect a key reused for another request."""
-        body = self.model_dump_json(exclude=_ENVELOPE_FIELDS)
-        return hashlib.sha256(f"{type(self).__name__}:{body}".encode()).hexdigest()
+        # The serializer itself (what ``model_dump_json`` calls), as bytes: half the cost.
+        body = type(self).__pydantic_serializer__.to_json(self, exclude=_ENVELOPE_FIELDS)
+        return hashlib.sha256(type(self).__name__.encode() + b":" + body).hexdigest()
 
 
 class AccountCommand(Command):

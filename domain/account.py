@@ -151,6 +151,48 @@ class Order:
         return self.notional_filled / self.filled if self.filled else None
 
 
+@dataclass(slots=True)
+class SideTotals:
+    """Running totals of one symbol's open orders on one side, kept by the appliers.
+
+    They make the pre-trade check O(1) in the number of open orders. Sums of quantities
+    and of quantity x price are exact (no division); the division by leverage happens
+    once per leverage at check time.
+    """
+
+    remaining: Decimal = ZERO
+    """Remaining quantity of every open order (reduce-only ones too)."""
+    opening: int = 0
+    """How many of them are not reduce-only."""
+    priced: dict[Decimal, Decimal] = field(default_factory=dict)
+    """leverage -> sum of remaining x (limit or stop price), orders that are not reduce-only."""
+    unpriced: dict[Decimal, Decimal] = field(default_factory=dict)
+    """leverage -> sum of remaining of market orders that are not reduce-only."""
+
+    def add(self, order: Order, qty: Decimal) -> None:
+        """Count ``qty`` more (negative: less) of ``order``'s remaining quantity."""
+        self.remaining += qty
+        if order.reduce_only:
+            return
+        price = order.limit_price or order.stop_price
+        if price is None:
+            book, amount = self.unpriced, qty
+        else:
+            book, amount = self.priced, qty * price
+        total = book.get(order.leverage, ZERO) + amount
+        if total:
+            book[order.leverage] = total
+        else:
+            book.pop(order.leverage, None)
+
+    def margin(self, ref: Decimal) -> Decimal:
+        """Margin the orders that are not reduce-only will take, market ones at ``ref``."""
+        out = ZERO
+        for lev in self.priced.keys() | self.unpriced.keys():
+            out += (self.priced.get(lev, ZERO) + self.unpriced.get(lev, ZERO) * ref) / lev
+        return out
+
+
 @dataclass(kw_only=True, slots=True)
 class Position:
     position_id: str
@@ -229,6 +271,29 @@ class Account(Aggregate):
     def __init__(self, account_id: str) -> None:
         super().__init__(account_id)
         self.s = AccountState()
+        self._book: dict[tuple[str, Side], SideTotals] = {}
+        """Totals of the open orders per (symbol, side): derived from ``s.orders``."""
+
+    def _totals(self, symbol: str, side: Side) -> SideTotals:
+        key = (symbol, side)
+        t = self._book.get(key)
+        if t is None:
+            t = self._book[key] = SideTotals()
+        return t
+
+    def _book_order(self, order: Order, sign: int) -> None:
+        """Add (``sign`` 1) or remove (-1) an order's remaining quantity to the totals."""
+        t = self._totals(order.symbol, order.side)
+        t.add(order, order.remaining if sign > 0 else -order.remaining)
+        if not order.reduce_only:
+            t.opening += sign
+        if not t.remaining and not t.opening:
+            del self._book[(order.symbol, order.side)]
+
+    def _rebuild_book(self) -> None:
+        self._book = {}
+        for order in self.s.orders.values():
+            self._book_order(order, 1)
 
     # --- queries ------------------------------------------------------------------
 
@@ -260,15 +325,9 @@ class Account(Aggregate):
         if not self.s.opened:
             raise NotFound(f"account {self.id} does not exist")
 
-    def _pending_closing_qty(self, symbol: str, side: Side, exclude: str | None = None) -> Decimal:
-        return sum(
-            (
-                o.remaining
-                for o in self.s.orders.values()
-                if o.symbol == symbol and o.side is side and o.order_id != exclude
-            ),
-            ZERO,
-        )
+    def _pending_closing_qty(self, symbol: str, side: Side) -> Decimal:
+        t = self._book.get((symbol, side))
+        return t.remaining if t is not None else ZERO
 
     # --- decisions: account lifecycle and funds --------------------------------------
 
@@ -450,8 +509,9 @@ class Account(Aggregate):
         same_side = pos is not None and pos.side.opening_side is side
         opens_new = not same_side
         if opens_new:
+            # Symbols with an order that is not reduce-only and no position yet.
             pending_new = {
-                o.symbol for o in self.s.orders.values() if not o.reduce_only and o.symbol not in self.s.positions
+                symbol for (symbol, _), t in self._book.items() if t.opening and symbol not in self.s.positions
             }
             pending_new.discard(sym)
             count = len(self.s.positions) - (1 if pos is not None else 0) + len(pending_new) + 1
@@ -460,14 +520,9 @@ class Account(Aggregate):
         margin = qty * ref / leverage
         if same_side and pos is not None:
             margin += pos.margin
-        margin += sum(
-            (
-                o.remaining * (o.limit_price or o.stop_price or ref) / o.leverage
-                for o in self.s.orders.values()
-                if o.symbol == sym and o.side is side and not o.reduce_only
-            ),
-            ZERO,
-        )
+        totals = self._book.get((sym, side))
+        if totals is not None:
+            margin += totals.margin(ref)
         size_pct = margin / equity * HUNDRED
         if size_pct > lim.max_position_size_pct:
             return RejectReason.RISK_LIMIT_EXCEEDED, (
@@ -838,6 +893,7 @@ class Account(Aggregate):
             bot_id=e.bot_id,
             expires_at=e.expires_at,
         )
+        self._book_order(self.s.orders[e.order_id], 1)
         self.s.order_status[e.order_id] = OrderStatus.ACCEPTED
         self.s.reserved += e.reserved
 
@@ -847,6 +903,7 @@ class Account(Aggregate):
     def _apply_fill(self, e: OrderFilled | OrderPartiallyFilled) -> None:
         order = self.s.orders[e.order_id]
         order.status = transition(e.order_id, order.status, type(e))
+        self._book_order(order, -1)
         order.filled += e.quantity
         order.notional_filled += e.quantity * e.price
         order.fees += e.fee
@@ -854,7 +911,9 @@ class Account(Aggregate):
         order.reserved -= e.released
         self.s.reserved -= e.released
         self.s.order_status[e.order_id] = order.status
-        if order.status not in OPEN_STATUSES:
+        if order.status in OPEN_STATUSES:
+            self._book_order(order, 1)
+        else:
             del self.s.orders[e.order_id]
 
     _apply_OrderFilled = _apply_fill
@@ -863,6 +922,7 @@ class Account(Aggregate):
     def _apply_order_end(self, e: OrderCancelled | OrderExpired) -> None:
         order = self.s.orders.pop(e.order_id)
         self.s.order_status[e.order_id] = transition(e.order_id, order.status, type(e))
+        self._book_order(order, -1)
         self.s.reserved -= e.released
 
     _apply_OrderCancelled = _apply_order_end
@@ -952,6 +1012,7 @@ class Account(Aggregate):
     def from_snapshot(cls, account_id: str, version: int, state: dict[str, Any]) -> Account:
         acc = cls(account_id)
         acc.s = _decode_state(state)
+        acc._rebuild_book()
         acc.version = version
         return acc
 
@@ -959,4 +1020,13 @@ class Account(Aggregate):
         return type(self).from_snapshot(self.id, self.version, self.to_snapshot())
 
 
-__all__ = ["Account", "AccountState", "ClosedPosition", "Order", "OrderStatus", "Position", "RejectReason"]
+__all__ = [
+    "Account",
+    "AccountState",
+    "ClosedPosition",
+    "Order",
+    "OrderStatus",
+    "Position",
+    "RejectReason",
+    "SideTotals",
+]

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from domain.events import EVENT_TYPES, Event
-
-# Event (and command) ids only need to be unique, not unpredictable: 122 random bits from a
-# private generator seeded from the OS (and reseeded in a forked child) cost no system call
-# per id, which ``uuid.uuid4()`` does (``os.urandom``), and which a loaded machine makes slow.
-_ids = random.Random()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.seed)
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
+from domain.values import uuid4_str
 
 
 def new_event_id() -> str:
-    """A random (version 4) UUID as text, like ``str(uuid.uuid4())``."""
-    h = f"{(_ids.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())`` (see ``uuid4_str``)."""
+    return uuid4_str()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -179,12 +179,33 @@ def _fields(cls: type) -> list[tuple[str, Conv, Conv]]:
 
 
 def _compile_encoder(cls: type) -> Callable[[Any], dict[str, JSON]]:
-    fields = _fields(cls)
-
-    def encode(obj: Any) -> dict[str, JSON]:
-        return {name: enc(getattr(obj, name)) for name, enc, _ in fields}
-
+    # Generated once per class, like dataclasses' own methods: one dict display with
+    # attribute reads and converter calls, no per-field loop or getattr (events are
+    # encoded on every append).
+    hints = typing.get_type_hints(cls)
+    names: dict[str, Any] = {}
+    items = []
+    for i, (name, enc, _) in enumerate(_fields(cls)):
+        items.append(f"{name!r}: {_encode_expr(hints[name], enc, f'obj.{name}', f'_c{i}', names)}")
+    source = "def encode(obj):\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(source, f"<encoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
+    encode: Callable[[Any], dict[str, JSON]] = names["encode"]
     return encode
+
+
+def _encode_expr(tp: Any, enc: Conv, expr: str, slot: str, names: dict[str, Any]) -> str:
+    """An expression encoding ``expr`` (a field read) like ``enc`` does."""
+    if enc is _identity:
+        return expr
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner_enc, _ = _converters(inner[0])
+        if inner_enc is _identity:
+            return expr
+        names[slot] = inner_enc
+        return f"(None if (_v := {expr}) is None else {slot}(_v))"
+    names[slot] = enc
+    return f"{slot}({expr})"
 
 
 def _compile_decoder(cls: type) -> Callable[[dict[str, JSON]], Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
@@ -17,25 +19,44 @@ OrderId = NewType("OrderId", str)
 UserId = NewType("UserId", str)
 
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def _uuid_hex(raw: bytes, version: int) -> str:
+    # What ``uuid.UUID(bytes=raw, version=version).hex`` gives, without building the object
+    # (these ids are made several times per command).
+    b = bytearray(raw[:16])
+    b[6] = (b[6] & 0x0F) | (version << 4)
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
+
+
+# Random ids only need to be unique, not unpredictable: 122 random bits from a private
+# generator seeded from the OS (and reseeded in a forked child) cost no system call per id,
+# which ``uuid.uuid4()`` does (``os.urandom``), and which a loaded machine makes slow.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+
+
+def uuid4_str() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())``."""
+    h = _uuid_hex(_ids.getrandbits(128).to_bytes(16, "big"), 4)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def new_id(prefix: str) -> str:
     """Return a fresh random identifier with a readable prefix."""
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
-_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID5_SET = (5 << 76) | (0x8000 << 48)
+    return f"{prefix}_{_uuid_hex(_ids.getrandbits(128).to_bytes(16, 'big'), 4)}"
 
 
 def derived_id(prefix: str, *parts: str) -> str:
     """Return an identifier derived deterministically from ``parts`` (retries give the same id).
 
-    The hex of ``uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts))``, computed without
-    building a ``UUID`` (it is on every order's path).
+    The hex of ``uuid5(NAMESPACE_URL, '/'.join(parts))``.
     """
-    digest = hashlib.sha1(_URL_NAMESPACE + "/".join(parts).encode()).digest()
-    n = (int.from_bytes(digest[:16], "big") & _UUID5_CLEAR) | _UUID5_SET
-    return f"{prefix}_{n:032x}"
+    digest = hashlib.sha1(_URL_NAMESPACE + "/".join(parts).encode(), usedforsecurity=False).digest()
+    return f"{prefix}_{_uuid_hex(digest, 5)}"
 
 
 def _decimal(value: object, what: str) -> Decimal:

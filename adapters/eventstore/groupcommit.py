@@ -1,8 +1,10 @@
 """Group commit: many writer threads share one durable transaction per batch.
 
-Callers submit an ``AppendRequest`` and block on its future; one appender thread drains
+Callers submit an ``AppendRequest`` and block on its completion; one appender thread drains
 the queue and hands every pending request (up to ``max_batch``) to the backend's
-``write_batch``, which writes them all in ONE transaction. Each request is checked on its
+``write_batch``, which writes them all in ONE transaction. A lone writer (no other writer
+in the last batches, nothing being written or queued) writes its request itself, in its
+own thread: handing it over would cost two thread wake-ups, dear on a small machine. Each request is checked on its
 own inside that transaction by ``plan_batch`` (versions, idempotency keys and event ids
 resolved in Python against what the batch itself already wrote), so a request that
 fails fails alone; only a database error fails the whole batch.
@@ -14,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -31,6 +32,45 @@ Outcome = list[RecordedEvent] | Exception
 WriteBatch = Callable[[Sequence["AppendRequest"]], Sequence[Outcome]]
 
 
+class Completion:
+    """The outcome of one request, set once by the appender thread, awaited by its caller.
+
+    Lighter than ``concurrent.futures.Future`` (a bare lock, no condition, no callbacks):
+    the appender wakes every writer of a batch one by one, on its critical path.
+    """
+
+    __slots__ = ("_lock", "_outcome", "_failed", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._outcome: list[RecordedEvent] | BaseException | None = None
+        self._failed = False
+        self._set = False
+
+    def done(self) -> bool:
+        return self._set
+
+    def set_result(self, result: list[RecordedEvent]) -> None:
+        self._outcome, self._set = result, True
+        self._lock.release()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._outcome, self._failed, self._set = exc, True, True
+        self._lock.release()
+
+    def result(self) -> list[RecordedEvent]:
+        """Block until the outcome is set; return it, or raise it."""
+        self._lock.acquire()
+        self._lock.release()  # leave it released: ``done`` stays true, a second wait returns
+        outcome = self._outcome
+        if self._failed:
+            assert isinstance(outcome, BaseException)
+            raise outcome
+        assert isinstance(outcome, list)
+        return outcome
+
+
 @dataclass(slots=True, eq=False)
 class AppendRequest:
     """One ``append`` call, encoded in the caller's thread, waiting for its batch."""
@@ -40,7 +80,7 @@ class AppendRequest:
     expected_version: int | None
     idempotency: IdempotencyRecord | None
     idempotency_result_json: str | None
-    future: Future[list[RecordedEvent]] = field(default_factory=Future)
+    future: Completion = field(default_factory=Completion)
     writer: int = 0
     """Thread id of the submitter (to tell how many writers are active)."""
 
@@ -95,6 +135,10 @@ class GroupCommitAppender:
         self._previous: set[int] = set()
         self._cond = threading.Condition()
         self._queue: deque[AppendRequest] = deque()
+        self._wake_at = 1
+        """Queue length at which a submit wakes the appender (more while it lingers)."""
+        self._busy = False
+        """A batch is being written (by the appender thread or by a lone writer)."""
         self._closing = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -112,10 +156,31 @@ class GroupCommitAppender:
                 raise AppenderCrashed("event store appender thread died") from self._failure
             if self._closing:
                 raise AppenderClosed("event store is closed")
-            request.writer = threading.get_ident()
-            self._queue.append(request)
-            self._cond.notify()
+            me = request.writer = threading.get_ident()
+            alone = not self._busy and not self._queue and self._active <= {me}
+            if alone:
+                self._busy = True
+                self._note_batch({me})
+            else:
+                self._queue.append(request)
+                # Wake the appender only when it wants to look: a lingering appender would
+                # otherwise be woken (a system call, and a thread switch) by every writer.
+                if len(self._queue) >= self._wake_at:
+                    self._cond.notify()
+        if alone:
+            self._write_here(request)
         return request.future.result()
+
+    def _write_here(self, request: AppendRequest) -> None:
+        """Write a lone writer's request in its own thread (``_busy`` is set for it)."""
+        try:
+            self._write([request])
+        except BaseException as exc:
+            self._crash(exc, [request])
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()  # the appender: requests queued meanwhile, or closing
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, then stop the appender thread."""
@@ -132,20 +197,32 @@ class GroupCommitAppender:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._closing:
+                    while (self._busy or not self._queue) and not self._closing:
+                        if self._failure is not None:
+                            return  # a lone writer's batch crashed
                         self._cond.wait()
-                    if not self._queue:
+                    while self._busy:  # closing: a lone writer's batch is still being written
+                        self._cond.wait()
+                    if not self._queue or self._failure is not None:
                         return
                     self._linger_for_writers()
                     take = min(len(self._queue), self._max_batch)
                     batch = [self._queue.popleft() for _ in range(take)]
-                    current = {r.writer for r in batch}
-                    self._active = self._previous | current
-                    self._previous = current
-                self._write(batch)
+                    self._note_batch({r.writer for r in batch})
+                    self._busy = True
+                try:
+                    self._write(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
                 batch = []
         except BaseException as exc:
             self._crash(exc, batch)
+
+    def _note_batch(self, writers: set[int]) -> None:
+        # Called with self._cond held.
+        self._active = self._previous | writers
+        self._previous = writers
 
     def _linger_for_writers(self) -> None:
         # Like PostgreSQL's commit_delay: writers whose last append just committed are
@@ -155,11 +232,15 @@ class GroupCommitAppender:
         if self._linger <= 0 or len(self._queue) >= want:
             return
         deadline = time.monotonic() + self._linger
-        while len(self._queue) < want and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
+        self._wake_at = want
+        try:
+            while len(self._queue) < want and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+        finally:
+            self._wake_at = 1
 
     def _write(self, batch: list[AppendRequest]) -> None:
         try:
@@ -184,6 +265,7 @@ class GroupCommitAppender:
             self._failure = exc
             pending = [*in_flight, *self._queue]
             self._queue.clear()
+            self._cond.notify_all()  # the appender thread stops too
         log.critical(
             "event store appender thread crashed", pending=len(pending), exc_info=exc
         )

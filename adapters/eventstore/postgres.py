@@ -7,6 +7,12 @@ visible, so positions become visible in increasing order, across processes too: 
 reader tailing ``read_all`` can never see position n+1 before position n. One appender
 thread per store writes all pending appends in one transaction (group commit), so
 concurrent writers share one durable commit instead of queueing on the lock.
+
+The write is one call of the schema's ``append_batch`` function, in autocommit: lock,
+version check, numbering, inserts of events and idempotency records, NOTIFY and COMMIT
+in a single round trip. It assumes what the command side knows (the expected versions;
+keys and event ids new); when that is wrong the batch is written again after reading
+the stored state under the lock (``_write_checked``), which is rare.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import orjson
 import psycopg
+import psycopg.errors
 import structlog
+from orjson import Fragment
 from psycopg_pool import ConnectionPool
 
 from adapters.eventstore.codec import (
@@ -76,6 +85,7 @@ class PostgresEventStore:
         schema: str = "public",
         pool_size: int = 8,
         max_batch: int = 512,
+        linger: float = 0.002,
         poll_interval: float = 1.0,
         create: bool = True,
         before_commit: BeforeCommit | None = None,
@@ -84,7 +94,9 @@ class PostgresEventStore:
 
         ``poll_interval`` is the fallback re-read period of ``subscribe`` should a
         notification be lost; ``before_commit`` is a fault-injection hook for tests,
-        called by the appender inside each write transaction just before COMMIT.
+        called by the appender inside each write transaction just before COMMIT;
+        ``linger`` is how long a batch may wait for writers that were active in the last
+        batches (``GroupCommitAppender``): fewer, larger commits when commits are dear.
         """
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}: {schema!r}")
@@ -115,7 +127,8 @@ class PostgresEventStore:
             if create:
                 self.create_schema()
             self._appender = GroupCommitAppender(
-                self._write_batch, name=f"pg-appender-{schema}", max_batch=max_batch
+                self._write_batch, name=f"pg-appender-{schema}", max_batch=max_batch,
+                linger=linger,
             )
         except BaseException:
             if self._owns_pool:
@@ -151,68 +164,129 @@ class PostgresEventStore:
         try:
             return self._write_batch_once(requests)
         except _StaleConnection as stale:
-            # The connection died before COMMIT was sent (server restart, idle timeout):
-            # nothing was written, so the batch is simply written again.
+            # The connection died (server restart, idle timeout, killed backend). Writing
+            # the batch again is safe even if its commit went through: the retry finds its
+            # event ids stored and gets the stored events back (or ``AlreadyHandled`` with
+            # the very record it stored), never a second copy.
             log.info("event store writer reconnects", error=repr(stale.__cause__))
             return self._write_batch_once(requests)
 
     def _write_batch_once(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        streams, keys, ids = batch_keys(requests)
-        sql = self._sql
         conn = self._writer_connection()
-        committing = False
         try:
-            # One pipeline, two round trips: (BEGIN, lock, reads), (inserts, NOTIFY, COMMIT).
-            with conn.pipeline() as pipeline, conn.transaction():
-                # Statement order matters: every read below gets a snapshot taken after
-                # the lock is held, so it sees every earlier writer's committed events.
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, self._lock_key)
-                )
-                last_cur = conn.execute(sql.last_position)
-                versions_cur = conn.execute(sql.stream_versions, (streams,))
-                keys_cur = conn.execute(sql.idempotency_many, (keys,)) if keys else None
-                ids_cur = conn.execute(sql.events_by_id, (ids,)) if ids else None
-                last_position = last_cur.fetchone()[0]  # type: ignore[index]
-                versions = {s: v for s, v in versions_cur.fetchall() if v is not None}
-                stored_keys = {}
-                if keys_cur is not None:
-                    for row in keys_cur.fetchall():
-                        rec = idempotency_from_row(row)
-                        stored_keys[rec.key] = rec
-                stored_events = {}
-                if ids_cur is not None:
-                    for row in ids_cur.fetchall():
-                        ev = record_from_row(row)
-                        stored_events[ev.event_id] = ev
-                now = utc(self._clock.now())
-                plan = plan_batch(
-                    requests,
-                    last_position=last_position,
-                    versions=versions,
-                    idempotency=stored_keys,
-                    stored_events=stored_events,
-                    ts_recorded=now,
-                )
-                committing = True
-                with conn.cursor() as cur:
-                    if plan.event_rows:
-                        cur.execute(sql.insert_events, (now, *_columns(plan.event_rows, 8)))
-                        cur.execute(
-                            "SELECT pg_notify(%s, %s)", (self._channel, str(plan.last_position))
-                        )
-                    if plan.idempotency_rows:
-                        cur.executemany(
-                            sql.insert_idempotency, [(*r, now) for r in plan.idempotency_rows]
-                        )
-                if self._before_commit is not None:
-                    pipeline.sync()
-                    self._before_commit(plan.recorded)
+            outcomes = self._write_optimistic(conn, requests)
+            if outcomes is None:
+                outcomes = self._write_checked(conn, requests)
         except psycopg.OperationalError as exc:
-            if conn.broken and not committing:
+            if conn.broken:
                 raise _StaleConnection from exc
             raise
+        return outcomes
+
+    def _write_optimistic(
+        self, conn: psycopg.Connection[Any], requests: Sequence[AppendRequest]
+    ) -> list[Outcome] | None:
+        """Write the batch in ONE statement, assuming what the command side already knows.
+
+        The assumptions: every stream is at the version its first request expects, and no
+        idempotency key or event id of the batch is stored yet (a retried command is the
+        exception, not the rule). ``append_batch`` takes the write lock, checks the
+        versions, numbers and inserts the events and records, and commits (autocommit: one
+        round trip); it refuses the batch when a version differs, and a unique constraint
+        refuses it when a key or an event id is stored already. Returns None then (nothing
+        was written), and also when the plan refuses a request (that refusal may rest on the
+        assumptions): the caller resolves the batch against the stored state instead.
+        """
+        expected: dict[str, int] = {}
+        for req in requests:
+            if req.expected_version is None:
+                return None  # the stream's version is unknown here: read it under the lock
+            expected.setdefault(req.stream_id, req.expected_version)
+        now = utc(self._clock.now())
+        plan = plan_batch(
+            requests, last_position=0, versions=expected, idempotency={}, stored_events={},
+            ts_recorded=now,
+        )
+        if any(isinstance(o, Exception) for o in plan.outcomes):
+            # A refusal may rest on what was assumed (a retried append whose events are
+            # stored gets them back whatever its expected version): check it under the lock.
+            return None
+        args = (
+            _encode_streams(expected),
+            _encode_events(plan.event_rows),
+            _encode_keys(plan.idempotency_rows),
+            now,
+        )
+        try:
+            if self._before_commit is None:
+                row = conn.execute(self._sql.append_batch, args, prepare=True).fetchone()
+                base = row[0] if row else None
+            else:
+                with conn.transaction():
+                    row = conn.execute(self._sql.append_batch, args, prepare=True).fetchone()
+                    base = row[0] if row else None
+                    if base is not None and base >= 0:
+                        _shift(plan.recorded, base)
+                        self._before_commit(plan.recorded)
+        except psycopg.errors.UniqueViolation:
+            return None
+        if base is None or base < 0:
+            return None
+        if self._before_commit is None:
+            _shift(plan.recorded, base)
+        return plan.outcomes
+
+    def _write_checked(
+        self, conn: psycopg.Connection[Any], requests: Sequence[AppendRequest]
+    ) -> list[Outcome]:
+        """Read the batch's streams, keys and event ids under the write lock, then write."""
+        streams, keys, ids = batch_keys(requests)
+        sql = self._sql
+        with conn.transaction():
+            # Statement order matters: every read below gets a snapshot taken after the
+            # lock is held (READ COMMITTED), so it sees every earlier writer's events.
+            conn.execute(sql.lock, prepare=True)
+            last_position = conn.execute(sql.last_position).fetchone()[0]  # type: ignore[index]
+            versions = {
+                s: v for s, v in conn.execute(sql.stream_versions, (streams,)).fetchall()
+                if v is not None
+            }
+            stored_keys = {}
+            if keys:
+                for row in conn.execute(sql.idempotency_many, (keys,)).fetchall():
+                    rec = idempotency_from_row(row)
+                    stored_keys[rec.key] = rec
+            stored_events = {}
+            if ids:
+                for row in conn.execute(sql.events_by_id, (ids,)).fetchall():
+                    ev = record_from_row(row)
+                    stored_events[ev.event_id] = ev
+            now = utc(self._clock.now())
+            plan = plan_batch(
+                requests,
+                last_position=0,
+                versions=versions,
+                idempotency=stored_keys,
+                stored_events=stored_events,
+                ts_recorded=now,
+            )
+            # The same statement as the optimistic path; its checks hold by construction
+            # here (read under the lock we hold), so it writes what the plan says.
+            expected = {s: versions.get(s, 0) for s in streams}
+            base = conn.execute(
+                sql.append_batch,
+                (
+                    _encode_streams(expected),
+                    _encode_events(plan.event_rows),
+                    _encode_keys(plan.idempotency_rows),
+                    now,
+                ),
+            ).fetchone()[0]  # type: ignore[index]
+            if base != last_position:
+                raise RuntimeError(f"event store moved under its write lock: {last_position} -> {base}")
+            _shift(plan.recorded, base)
+            if self._before_commit is not None:
+                self._before_commit(plan.recorded)
         return plan.outcomes
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -312,6 +386,9 @@ class PostgresEventStore:
             if conn is not None:
                 conn.close()
             conn = self._writer = self._connect("writer")
+            # Once per connection, not per transaction: ``append_batch`` relies on a new
+            # snapshot per statement, whatever the server's default isolation level.
+            conn.execute("SET default_transaction_isolation = 'read committed'")
         return conn
 
 
@@ -332,9 +409,32 @@ def _wait_for_notify(
             return
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Transpose rows into one list per column (for ``unnest``)."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+def _encode_streams(expected: dict[str, int]) -> str:
+    """The batch's streams and the version each must be at, as ``append_batch`` reads them."""
+    return orjson.dumps([{"id": s, "v": v} for s, v in expected.items()]).decode()
+
+
+def _encode_events(rows: Sequence[tuple[int, str, str, int, str, int, str, str]]) -> str:
+    """Event rows as one JSON array; payloads go in as they were encoded (no re-encoding)."""
+    return orjson.dumps(
+        [
+            {"o": o, "e": e, "s": s, "v": v, "t": t, "sv": sv, "d": Fragment(d), "m": Fragment(m)}
+            for o, e, s, v, t, sv, d, m in rows
+        ]
+    ).decode()
+
+
+def _encode_keys(rows: Sequence[tuple[str, str, str, str, int | None]]) -> str:
+    """Idempotency rows as one JSON array (position offsets as for events)."""
+    return orjson.dumps(
+        [{"k": k, "c": c, "f": f, "r": Fragment(r), "o": o} for k, c, f, r, o in rows]
+    ).decode()
+
+
+def _shift(recorded: Sequence[RecordedEvent], base: int) -> None:
+    """Turn the plan's position offsets (1, 2, ...) into the positions the database gave."""
+    for rec in recorded:
+        rec.position += base
 
 
 def _refuse_nul(request: AppendRequest) -> None:
@@ -382,6 +482,47 @@ class _Statements:
                 schema TEXT NOT NULL,
                 state JSONB NOT NULL)""",
         ]
+        self.lock = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, {_lock_key(schema)})"
+        # The whole write of a batch, in one statement (see ``_write_optimistic``). VOLATILE
+        # plpgsql takes a new snapshot per statement (READ COMMITTED), so everything after
+        # the lock sees every earlier writer's committed events. Returns the position the
+        # batch's offsets start after, or -1 (nothing written) when a stream is not at the
+        # version given for it. The lock is held until COMMIT, after which the rows are
+        # visible: positions become visible in increasing order, across processes too.
+        self.append_batch = f"SELECT {s}.append_batch(%s::json, %s::json, %s::json, %s)"
+        self.ddl.append(
+            f"""CREATE OR REPLACE FUNCTION {s}.append_batch(
+                p_streams json, p_events json, p_keys json, p_ts timestamptz)
+            RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+            DECLARE
+                base bigint;
+                n bigint;
+            BEGIN
+                PERFORM pg_advisory_xact_lock({_LOCK_CLASS}, {_lock_key(schema)});
+                IF EXISTS (
+                    SELECT 1 FROM json_to_recordset(p_streams) AS x(id text, v bigint)
+                    WHERE coalesce(
+                        (SELECT max(e.version) FROM {events} e WHERE e.stream_id = x.id), 0
+                    ) <> x.v
+                ) THEN
+                    RETURN -1;
+                END IF;
+                SELECT coalesce(max(position), 0) INTO base FROM {events};
+                INSERT INTO {events} ({EVENT_COLUMNS})
+                SELECT base + x.o, x.e, x.s, x.v, x.t, x.sv, x.d, x.m, p_ts
+                FROM json_to_recordset(p_events)
+                    AS x(o bigint, e text, s text, v bigint, t text, sv integer, d jsonb, m jsonb);
+                GET DIAGNOSTICS n = ROW_COUNT;
+                INSERT INTO {idem} (key, command_type, fingerprint, result, position, ts_recorded)
+                SELECT x.k, x.c, x.f, x.r, base + x.o, p_ts
+                FROM json_to_recordset(p_keys) AS x(k text, c text, f text, r jsonb, o bigint);
+                IF n > 0 THEN
+                    PERFORM pg_notify('tradecore_events_{schema}', (base + n)::text);
+                END IF;
+                RETURN base;
+            END
+            $fn$"""
+        )
         cols = EVENT_COLUMNS.replace("data, metadata", "data::text, metadata::text")
         self.last_position = f"SELECT coalesce(max(position), 0) FROM {events}"
         self.stream_version = (
@@ -405,23 +546,12 @@ class _Statements:
             f"SELECT {cols} FROM {events} WHERE stream_id = %s AND version >= %s"
             " ORDER BY version"
         )
-        # One statement per batch: far cheaper on the server than a row-per-statement loop.
-        self.insert_events = (
-            f"INSERT INTO {events} ({EVENT_COLUMNS})"
-            " SELECT u.p, u.e, u.s, u.v, u.t, u.sv, u.d::jsonb, u.m::jsonb, %s"
-            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::text[],"
-            " %s::integer[], %s::text[], %s::text[]) AS u(p, e, s, v, t, sv, d, m)"
-        )
         self.idempotency_one = (
             f"SELECT key, command_type, fingerprint, result::text FROM {idem} WHERE key = %s"
         )
         self.idempotency_many = (
             f"SELECT r.* FROM unnest(%s::text[]) AS i(k) CROSS JOIN LATERAL"
             f" (SELECT key, command_type, fingerprint, result::text FROM {idem} WHERE key = i.k) r"
-        )
-        self.insert_idempotency = (
-            f"INSERT INTO {idem} (key, command_type, fingerprint, result, position, ts_recorded)"
-            " VALUES (%s, %s, %s, %s::jsonb, %s, %s)"
         )
         self.save_snapshot = (
             f"INSERT INTO {snaps} (stream_id, version, schema, state)"

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 from adapters.eventstore.codec import (
     EVENT_COLUMNS,
@@ -28,6 +29,7 @@ from adapters.eventstore.codec import (
 )
 from adapters.eventstore.groupcommit import (
     AppendRequest,
+    BatchPlan,
     GroupCommitAppender,
     Outcome,
     batch_keys,
@@ -107,6 +109,7 @@ class SqliteEventStore:
         clock: Clock,
         *,
         max_batch: int = 512,
+        linger: float = 0.002,
         poll_interval: float = 0.05,
         busy_timeout: float = 30.0,
         before_commit: BeforeCommit | None = None,
@@ -115,7 +118,8 @@ class SqliteEventStore:
 
         ``poll_interval`` bounds how late ``subscribe`` sees another process's appends;
         ``before_commit`` is a fault-injection hook for tests, called by the appender
-        inside each write transaction just before COMMIT.
+        inside each write transaction just before COMMIT; ``linger`` is how long a batch
+        may wait for writers that were active in the last batches (``GroupCommitAppender``).
         """
         self._path = os.fspath(path)
         self._clock = clock
@@ -136,7 +140,8 @@ class SqliteEventStore:
                 self._writer.execute(statement)
             self._writer.execute("COMMIT")
             self._appender = GroupCommitAppender(
-                self._write_batch, name="sqlite-appender", max_batch=max_batch
+                self._write_batch, name="sqlite-appender", max_batch=max_batch,
+                linger=linger,
             )
         except BaseException:
             self._close_connections()
@@ -178,38 +183,37 @@ class SqliteEventStore:
         return self._appender.submit(request)
 
     def _write_batch(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
-        streams, keys, ids = batch_keys(requests)
         conn = self._writer
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Under the write lock: positions and versions are read first; the batch's
+            # idempotency keys and event ids are assumed new (a retry is the exception), and
+            # the unique constraints say otherwise. Then the inserts are undone and the
+            # batch is resolved against the stored keys and events.
+            streams = list(dict.fromkeys(r.stream_id for r in requests))
             last_position = conn.execute(_LAST_POSITION).fetchone()[0]
             versions = {
                 s: v for s, v in conn.execute(_STREAM_VERSIONS, (dumps(streams),)) if v is not None
             }
-            stored_keys = {}
-            if keys:
-                for row in conn.execute(_IDEMPOTENCY_MANY, (dumps(keys),)):
-                    rec = idempotency_from_row(row)
-                    stored_keys[rec.key] = rec
-            stored_events = {}
-            if ids:
-                for row in conn.execute(_EVENTS_BY_ID, (dumps(ids),)):
-                    ev = record_from_row(row)
-                    stored_events[ev.event_id] = ev
             now = utc(self._clock.now())
             plan = plan_batch(
-                requests,
-                last_position=last_position,
-                versions=versions,
-                idempotency=stored_keys,
-                stored_events=stored_events,
-                ts_recorded=now,
+                requests, last_position=last_position, versions=versions, idempotency={},
+                stored_events={}, ts_recorded=now,
             )
-            ts = now.isoformat()
-            if plan.event_rows:
-                conn.executemany(_INSERT_EVENT, [(*r, ts) for r in plan.event_rows])
-            if plan.idempotency_rows:
-                conn.executemany(_INSERT_IDEMPOTENCY, [(*r, ts) for r in plan.idempotency_rows])
+            if any(isinstance(o, Exception) for o in plan.outcomes):
+                # A refusal may rest on what was assumed (a retried append whose events are
+                # stored gets them back whatever its expected version): check it.
+                plan = self._plan_checked(conn, requests, last_position, versions, now)
+                self._insert(conn, plan, now)
+            else:
+                conn.execute("SAVEPOINT optimistic")
+                try:
+                    self._insert(conn, plan, now)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO optimistic")
+                    plan = self._plan_checked(conn, requests, last_position, versions, now)
+                    self._insert(conn, plan, now)
+                conn.execute("RELEASE optimistic")
             if self._before_commit is not None:
                 self._before_commit(plan.recorded)
             conn.execute("COMMIT")
@@ -222,6 +226,43 @@ class SqliteEventStore:
                 self._append_seq += 1
                 self._appended.notify_all()
         return plan.outcomes
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, plan: BatchPlan, now: datetime) -> None:
+        ts = now.isoformat()
+        if plan.event_rows:
+            conn.executemany(_INSERT_EVENT, [(*r, ts) for r in plan.event_rows])
+        if plan.idempotency_rows:
+            conn.executemany(_INSERT_IDEMPOTENCY, [(*r, ts) for r in plan.idempotency_rows])
+
+    @staticmethod
+    def _plan_checked(
+        conn: sqlite3.Connection,
+        requests: Sequence[AppendRequest],
+        last_position: int,
+        versions: dict[str, int],
+        now: datetime,
+    ) -> BatchPlan:
+        """Plan the batch against the stored idempotency keys and event ids it names."""
+        _, keys, ids = batch_keys(requests)
+        stored_keys = {}
+        if keys:
+            for row in conn.execute(_IDEMPOTENCY_MANY, (dumps(keys),)):
+                rec = idempotency_from_row(row)
+                stored_keys[rec.key] = rec
+        stored_events = {}
+        if ids:
+            for row in conn.execute(_EVENTS_BY_ID, (dumps(ids),)):
+                ev = record_from_row(row)
+                stored_events[ev.event_id] = ev
+        return plan_batch(
+            requests,
+            last_position=last_position,
+            versions=versions,
+            idempotency=stored_keys,
+            stored_events=stored_events,
+            ts_recorded=now,
+        )
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         state = dumps(snapshot.state)

@@ -763,6 +763,35 @@ def test_one_bad_request_in_a_batch_fails_alone(backend: Backend) -> None:
         assert {e.event_id for e in hook.batches[2]} == appended
 
 
+def test_a_retried_append_batched_behind_a_newer_one_on_its_stream_gets_its_stored_events(
+    durable_backend: Backend,
+) -> None:
+    # The stores assume a batch's keys and event ids are new; a retry must not be refused
+    # for its stale expected version on the strength of that assumption.
+    hook = BatchHook()
+    store = durable_backend.open(before_commit=hook)
+    stored = note("stored")
+    first = store.append("s", [stored], 0)
+    hook.hold_next()
+    blocker, _ = start(lambda: store.append("blocker", [note()], 0))
+    assert hook.held.wait(10)
+    newer, newer_out = start(lambda: store.append("s", [note("next")], 1))
+    assert newer_out.started.wait(10)
+    time.sleep(0.1)  # queued before the retries
+    retry, retry_out = start(lambda: store.append("s", [stored], 0))
+    assert retry_out.started.wait(10)
+    time.sleep(0.3)
+    hook.release()
+    for thread in (blocker, newer, retry):
+        thread.join(10)
+
+    assert newer_out.error is None and [e.version for e in newer_out.value] == [2]
+    assert retry_out.error is None and positions(retry_out.value) == positions(first)
+    assert [e.version for e in store.read_stream("s")] == [1, 2]
+    assert len(read_everything(store)) == 3
+    assert len(hook.batches) == 3, "the queued requests did not share one transaction"
+
+
 # --- durable backends: transactions, several instances, closing ----------------------
 
 

@@ -5,7 +5,8 @@
 - reserved funds are exactly what the working orders still hold;
 - every fill fee lands in exactly one position event;
 - cash plus position margins equals deposits - withdrawals + realised P&L - fees;
-- replaying the emitted events, or restoring a snapshot, gives the live state.
+- replaying the emitted events, or restoring a snapshot, gives the live state;
+- the running order totals behind the O(1) risk check equal the sums over the open orders.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def _check_invariants(acc: Account) -> None:
     assert all(o.reserved >= 0 for o in s.orders.values())
     assert all(0 < o.remaining <= o.quantity for o in s.orders.values())
     assert all(p.quantity > 0 for p in s.positions.values())
+    _check_order_totals(acc)
 
     events = acc.pending
     fill_fees = sum((e.fee for e in events if isinstance(e, OrderFilled | OrderPartiallyFilled)),
@@ -139,6 +141,23 @@ def _check_invariants(acc: Account) -> None:
     # Weighted entry prices are rounded at 28 significant digits, so realised P&L carries
     # digits below any currency unit; the books must agree far above that.
     assert abs(acc.book_equity() - (deposits - withdrawals + realised - fill_fees)) < LEDGER_TOLERANCE
+
+
+def _check_order_totals(acc: Account) -> None:
+    orders = acc.s.orders.values()
+    assert set(acc._book) == {(o.symbol, o.side) for o in orders}
+    for (sym, side), totals in acc._book.items():
+        mine = [o for o in orders if o.symbol == sym and o.side is side]
+        ref = BASE[sym] * Decimal("1.03")
+        assert totals.remaining == sum((o.remaining for o in mine), Decimal(0))
+        assert totals.opening == sum(1 for o in mine if not o.reduce_only)
+        # The leverages drawn here divide exactly, so the totals must match to the last digit.
+        assert totals.margin(ref) == sum(
+            (o.remaining * (o.limit_price or o.stop_price or ref) / o.leverage
+             for o in mine if not o.reduce_only),
+            Decimal(0),
+        )
+    assert Account.from_snapshot(acc.id, acc.version, acc.to_snapshot())._book == acc._book
 
 
 @settings(max_examples=500, deadline=None, database=None,
