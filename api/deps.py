@@ -9,15 +9,17 @@ permission check of ``api.auth``; a missing permission is a 403 envelope.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Permission
 from api.context import ApiContext, Caller
 from api.errors import ApiError
 from domain.user import Role
+from domain.values import TradingMode
+from projections.base import Page, Row
 from projections.store import ReadStore
 
 
@@ -113,3 +115,32 @@ IdempotencyKey = Annotated[
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 IdPath = Annotated[str, Path(pattern=ID_PATTERN, description="an identifier (letters, digits, _ . : -)")]
+
+
+T = TypeVar("T")
+
+
+def account_page(
+    ctx: ApiContext,
+    caller: Caller,
+    response: Response,
+    *,
+    mode: TradingMode,
+    bot_id: str | None,
+    fetch: Callable[[str], Page],
+    build: Callable[[Row], T],
+) -> list[T]:
+    """One page of the caller's rows for ``mode``, with ``X-Total-Count``.
+
+    A ``bot_id`` filter must name one of the caller's bots (404 otherwise); a caller without
+    an account in ``mode`` gets an empty page. ``fetch(account_id)`` runs the query.
+    """
+    if bot_id is not None:
+        ctx.own_bot(caller, bot_id)
+    account_id = caller.account_for(mode)
+    if account_id is None:
+        response.headers["X-Total-Count"] = "0"
+        return []
+    page = fetch(account_id)
+    response.headers["X-Total-Count"] = str(page.total)
+    return [build(r) for r in page.items]

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Response, status
 from pydantic import AliasChoices, Field
 
 from api.context import ApiContext, Caller
-from api.deps import Ctx, IdempotencyKey, IdPath, Reader, Trader
+from api.deps import Ctx, IdempotencyKey, IdPath, Reader, Trader, account_page
 from api.errors import ApiError
 from api.schemas import Amount, ApiModel, RequestModel
 from commands.messages import CancelOrder, PlaceOrder
@@ -209,26 +209,21 @@ def list_orders(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[OrderOut]:
     """The caller's orders, newest first."""
-    if bot_id is not None:
-        ctx.own_bot(caller, bot_id)
-    account_id = caller.account_for(mode)
-    if account_id is None:
-        response.headers["X-Total-Count"] = "0"
-        return []
-    page = queries.orders(
-        ctx.read_store,
-        account_id=account_id,
-        bot_id=bot_id,
-        symbol=symbol.strip().upper() if symbol else None,
-        side=side.value if side else None,
-        status=status_.value if status_ else None,
-        start=start_date,
-        end=end_date,
-        limit=limit,
-        offset=offset,
+    return account_page(
+        ctx, caller, response, mode=mode, bot_id=bot_id, build=order_from_row,
+        fetch=lambda account_id: queries.orders(
+            ctx.read_store,
+            account_id=account_id,
+            bot_id=bot_id,
+            symbol=symbol.strip().upper() if symbol else None,
+            side=side.value if side else None,
+            status=status_.value if status_ else None,
+            start=start_date,
+            end=end_date,
+            limit=limit,
+            offset=offset,
+        ),
     )
-    response.headers["X-Total-Count"] = str(page.total)
-    return [order_from_row(r) for r in page.items]
 
 
 @router.get("/{order_id}", response_model=OrderOut)

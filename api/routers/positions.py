@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import Field
 
-from api.deps import Ctx, IdempotencyKey, IdPath, Reader, Trader
+from api.deps import Ctx, IdempotencyKey, IdPath, Reader, Trader, account_page
 from api.errors import ApiError
 from api.schemas import ApiModel, RequestModel
 from commands.messages import ClosePosition
@@ -112,23 +112,18 @@ def list_positions(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[PositionOut]:
     """The caller's positions, newest first, open ones valued at the latest known price."""
-    if bot_id is not None:
-        ctx.own_bot(caller, bot_id)
-    account_id = caller.account_for(mode)
-    if account_id is None:
-        response.headers["X-Total-Count"] = "0"
-        return []
-    page = queries.positions(
-        ctx.read_store,
-        account_id=account_id,
-        bot_id=bot_id,
-        symbol=symbol.strip().upper() if symbol else None,
-        status=status_.upper() if status_ else None,
-        limit=limit,
-        offset=offset,
+    return account_page(
+        ctx, caller, response, mode=mode, bot_id=bot_id, build=position_from_row,
+        fetch=lambda account_id: queries.positions(
+            ctx.read_store,
+            account_id=account_id,
+            bot_id=bot_id,
+            symbol=symbol.strip().upper() if symbol else None,
+            status=status_.upper() if status_ else None,
+            limit=limit,
+            offset=offset,
+        ),
     )
-    response.headers["X-Total-Count"] = str(page.total)
-    return [position_from_row(r) for r in page.items]
 
 
 @router.get("/{position_id}", response_model=PositionOut)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import Ctx, Reader
+from api.deps import Ctx, Reader, account_page
 from api.schemas import ApiModel
 from domain.values import Side, TradingMode
 from projections import queries
@@ -65,22 +65,17 @@ def list_trades(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[TradeOut]:
     """The caller's fills, newest first; ``pnl`` is set on fills that reduced or closed a position."""
-    if bot_id is not None:
-        ctx.own_bot(caller, bot_id)
-    account_id = caller.account_for(mode)
-    if account_id is None:
-        response.headers["X-Total-Count"] = "0"
-        return []
-    page = queries.trades(
-        ctx.read_store,
-        account_id=account_id,
-        bot_id=bot_id,
-        symbol=symbol.strip().upper() if symbol else None,
-        side=side.value if side else None,
-        start=start_date,
-        end=end_date,
-        limit=limit,
-        offset=offset,
+    return account_page(
+        ctx, caller, response, mode=mode, bot_id=bot_id, build=trade_from_row,
+        fetch=lambda account_id: queries.trades(
+            ctx.read_store,
+            account_id=account_id,
+            bot_id=bot_id,
+            symbol=symbol.strip().upper() if symbol else None,
+            side=side.value if side else None,
+            start=start_date,
+            end=end_date,
+            limit=limit,
+            offset=offset,
+        ),
     )
-    response.headers["X-Total-Count"] = str(page.total)
-    return [trade_from_row(r) for r in page.items]
