@@ -211,8 +211,13 @@ def column(field: str) -> str:
 
 
 def row_params(key: str, row: Row, cols: tuple[str, ...]) -> tuple[Any, ...]:
+    out: list[Any] = [key, encode_row(row).decode()]
     get = row.get
-    return (key, encode_row(row).decode(), *[index_key(get(f)) for f in cols])
+    for f in cols:
+        v = get(f)
+        # Most indexed values are strings (ids, symbols, statuses): no call for them.
+        out.append("s" + v if type(v) is str else index_key(v))
+    return tuple(out)
 
 
 def where_clause(query_equals: Iterable[tuple[str, Any]], mark: str) -> tuple[list[str], list[Any]]:
