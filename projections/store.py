@@ -397,6 +397,25 @@ class MemoryTables:
             return iter([(k, rows[k]) for k in keys if matches(rows[k], rest)])
         return iter([(k, rows[k]) for k in keys])
 
+    def load(self, table: str, rows: Mapping[str, Row | None]) -> None:
+        """Put many rows at once (``None`` deletes); rows are kept by reference."""
+        t = self._t(table)
+        if t.fields:
+            for key, row in rows.items():
+                if row is None:
+                    self.delete(table, key)
+                else:
+                    _reindex(t, key, row)
+                    t.rows[key] = row
+            return
+        gone = [key for key, row in rows.items() if row is None]
+        if gone:
+            for key in gone:
+                t.rows.pop(key, None)
+            t.rows.update((key, row) for key, row in rows.items() if row is not None)
+        else:
+            t.rows.update(rows)  # type: ignore[arg-type]  # no None among them
+
     def clear(self) -> None:
         for t in self._tables.values():
             t.rows.clear()

@@ -241,7 +241,7 @@ def _replay(
 
     Returns (last position, its ``ts_recorded``, events read per type).
     """
-    routes: dict[str, list[_Slot]] = {}
+    routes: dict[str, list[tuple[Callable[[ReadModel, RecordedEvent], None], WriteBackModel, _Slot]]] = {}
     types: Counter[str] = Counter()
     position = 0
     last_ts: datetime | None = None
@@ -257,11 +257,11 @@ def _replay(
                 targets = routes.get(rec.type)
                 if targets is None:
                     targets = routes[rec.type] = [
-                        s for s in slots if not s.failed and rec.type in s.projection.handles
+                        (s.apply, s.model, s) for s in slots if not s.failed and rec.type in s.projection.handles
                     ]
-                for slot in targets:
+                for apply, model, slot in targets:
                     try:
-                        slot.apply(slot.model, rec)
+                        apply(model, rec)
                     except Exception as exc:
                         _fail(slot, exc, rec, read_store)
                         routes.clear()

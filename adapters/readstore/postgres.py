@@ -380,7 +380,10 @@ class PostgresReadStore:
                     if len(dels) == len(rows):
                         continue
                     cols = layout.columns[table]
-                    puts = [row_params(k, r, cols) for k, r in rows.items() if r is not None]
+                    # In key order the primary key B-tree is appended to, not split at
+                    # random pages (a rebuild writes hundreds of thousands of rows).
+                    items = sorted(rows.items()) if len(rows) >= _COPY_FROM else rows.items()
+                    puts = [row_params(k, r, cols) for k, r in items if r is not None]
                     if len(puts) < _COPY_FROM:
                         cur.execute(layout.upsert[table], _columns(puts, 2 + len(cols)))
                         continue
