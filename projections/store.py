@@ -7,8 +7,10 @@ checkpoint, applies later events through a ``ReadModel`` and hands the changed r
 guarded by the checkpoint the runner started from, so a re-delivered batch or a second
 runner on the same projection can never apply an effect twice.
 
-A rebuild writes a fresh copy (``begin_rebuild``), then ``swap`` writes its last rows,
-its checkpoint and the active pointer in one transaction and drops the old copy. A live
+A rebuild writes a fresh copy (``begin_rebuild``), then ``swap`` writes its last rows
+and its checkpoint in one transaction, makes it the active copy (in the same transaction,
+or right after it while the rebuild lock still keeps the copy to itself: a crash in
+between leaves an inactive copy that the next rebuild drops), and drops the old copy. A live
 runner still writing the old copy gets ``StaleCopy`` on its next read or commit, and
 continues from the new copy's checkpoint: nothing is lost around the swap.
 
@@ -157,10 +159,11 @@ class ReadStore(Protocol):
         *,
         last_event_ts: datetime | None = None,
     ) -> None:
-        """Make ``copy`` active: last rows, checkpoint and pointer in ONE transaction.
+        """Make ``copy`` active: last rows and checkpoint in ONE transaction, then the pointer.
 
-        Then drop the previous copy and release the rebuild lock. ``changes`` are handed
-        over: the caller must not change those rows afterwards.
+        Then drop the previous copy and release the rebuild lock. Swaps of different
+        projections may run at once (from several threads). ``changes`` are handed over:
+        the caller must not change those rows afterwards.
         """
         ...
 
@@ -504,6 +507,47 @@ def evaluate_query(spec: TableSpec, query: Query, candidates: Iterable[tuple[str
         ordered = sorted(items, key=lambda e: e[0])
     page = ordered[query.offset : query.offset + query.limit]
     return Page(items=[row for _, row in page], total=len(ordered), limit=query.limit, offset=query.offset)
+
+
+class ReplayModel:
+    """A ``ReadModel`` holding every row of a copy that is written once, at the end.
+
+    For a rebuild into an empty copy without intermediate flushes: nothing is read from
+    the store and no change is tracked, since every row is new; ``take_changes`` hands
+    all rows over (by reference).
+    """
+
+    __slots__ = ("_mem", "_tabs", "complete")
+
+    def __init__(self, tables: Iterable[TableSpec]) -> None:
+        self._mem = MemoryTables(tables)
+        self._tabs = self._mem._tables
+        self.complete = True
+
+    def get(self, table: str, key: str) -> Row | None:
+        return self._tabs[table].rows.get(key)
+
+    def put(self, table: str, key: str, row: Row) -> None:
+        t = self._tabs[table]
+        if t.fields:
+            _reindex(t, key, row)
+        t.rows[key] = row
+
+    def delete(self, table: str, key: str) -> None:
+        self._mem.delete(table, key)
+
+    def find(self, table: str, **equals: Any) -> Iterator[tuple[str, Row]]:
+        return self._mem.find(table, **equals)
+
+    def take_changes(self) -> dict[str, dict[str, Row | None]]:
+        """Every row, by table (the copy was empty, so nothing needs deleting)."""
+        return self._mem.tables()  # type: ignore[return-value]
+
+    def trim(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._mem)
 
 
 class WriteBackModel:

@@ -546,7 +546,12 @@ class PostgresReadStore:
         *,
         last_event_ts: datetime | None = None,
     ) -> None:
-        with self._tx() as conn:
+        # The copy's last rows, its checkpoint and its indexes in one transaction that
+        # touches this copy only (the rebuild lock keeps everyone else off it), so the
+        # swaps of several projections load in parallel; then the pointer moves under the
+        # schema lock. A crash in between leaves a complete copy that is not active: the
+        # live copy goes on serving and the next rebuild drops it.
+        with self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 f"SELECT position, last_event_ts FROM {self._t('projection_checkpoints')}"
                 " WHERE name = %s AND copy = %s FOR UPDATE",
@@ -562,6 +567,12 @@ class PostgresReadStore:
             self._checkpoint(conn, name, copy, position, last_event_ts, rebuilt=True)
             for statement in self._layout(conn, name, copy).indexes:
                 conn.execute(statement)
+        with self._tx() as conn:
+            if conn.execute(
+                f"SELECT 1 FROM {self._t('projection_checkpoints')} WHERE name = %s AND copy = %s",
+                (name, copy),
+            ).fetchone() is None:
+                raise StaleCopy(name, copy, "copy is gone")
             old = conn.execute(
                 f"SELECT copy FROM {self._t('projection_active')} WHERE name = %s FOR UPDATE", (name,)
             ).fetchone()
