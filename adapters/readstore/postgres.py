@@ -380,11 +380,8 @@ class PostgresReadStore:
                     if len(dels) == len(rows):
                         continue
                     cols = layout.columns[table]
-                    # In key order the primary key B-tree is appended to, not split at
-                    # random pages (a rebuild writes hundreds of thousands of rows).
-                    items = sorted(rows.items()) if len(rows) >= _COPY_FROM else rows.items()
-                    puts = [row_params(k, r, cols) for k, r in items if r is not None]
-                    if len(puts) < _COPY_FROM:
+                    if len(rows) - len(dels) < _COPY_FROM:
+                        puts = [row_params(k, r, cols) for k, r in rows.items() if r is not None]
                         cur.execute(layout.upsert[table], _columns(puts, 2 + len(cols)))
                         continue
                     empty = cur.execute(f"SELECT NOT EXISTS (SELECT FROM {layout.qualified[table]})").fetchone()
@@ -393,9 +390,12 @@ class PostgresReadStore:
                     # into a non-empty table it goes through a staging table and an upsert.
                     if not direct:
                         cur.execute(layout.stage[table])
+                    # In key order the primary key B-tree is appended to, not split at
+                    # random pages; rows are encoded as they stream out, not all held first.
                     with cur.copy(layout.copy[table] if direct else layout.copy_stage[table]) as out:
-                        for params in puts:
-                            out.write_row(params)
+                        for k, r in sorted(rows.items()):
+                            if r is not None:
+                                out.write_row(row_params(k, r, cols))
                     if not direct:
                         cur.execute(layout.merge[table])
                         cur.execute(f'TRUNCATE "stage_{layout.sql_names[table]}"')
