@@ -219,12 +219,42 @@ def index_key(value: Any) -> str | None:
         tz = value.tzinfo
         if tz is not UTC:
             value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
+        elif t is datetime:
+            return _utc_key(value)
         # ISO text without the offset sorts by instant: a missing fraction sorts first.
         iso: str = value.isoformat()
         return "t" + iso[:-6]
     if isinstance(value, date):
         return "d" + value.isoformat()
     raise TypeError(f"{type(value).__name__} values cannot be indexed or sorted: {value!r}")
+
+
+_UTC_CACHE_MAX = 100_000
+"""Distinct datetimes whose text each cache keeps (then it starts afresh)."""
+_UTC_KEYS: dict[datetime, str] = {}
+_UTC_TEXTS: dict[datetime, str] = {}
+
+
+def _utc_key(value: datetime) -> str:
+    # Formatting a datetime costs more than encoding the rest of a row, and the rows a
+    # rebuild writes share their timestamps (an event's time is in several rows). Equal
+    # datetimes in UTC have equal text (same fields, fixed offset; fold plays no part).
+    key = _UTC_KEYS.get(value)
+    if key is None:
+        if len(_UTC_KEYS) >= _UTC_CACHE_MAX:
+            _UTC_KEYS.clear()
+        key = _UTC_KEYS[value] = "t" + value.isoformat()[:-6]
+    return key
+
+
+def utc_text(value: datetime) -> str:
+    """``str(value)`` of a ``datetime`` in ``UTC`` (exact type), formatted once per instant."""
+    text = _UTC_TEXTS.get(value)
+    if text is None:
+        if len(_UTC_TEXTS) >= _UTC_CACHE_MAX:
+            _UTC_TEXTS.clear()
+        text = _UTC_TEXTS[value] = str(value)
+    return text
 
 
 def _number_key(d: Decimal) -> str:
