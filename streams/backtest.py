@@ -64,6 +64,7 @@ from streams.bot_runner import BotRunner, FillConvention, RunnerSettings
 ACCOUNT_ID = "backtest"
 BOT_ID = "backtest-bot"
 OWNER_ID = "backtest"
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +291,23 @@ def run_backtest(
     acc = sim.account()
     pos = acc.s.positions.get(symbol)
     recorded_version = acc.version  # the state before the first bar: the deposit, no position
+    open_, close, times = series.open, series.close, series.time
+    # Bars whose range holds their open and close (the others go through ``bar_at``, which refuses them).
+    valid = ((low > 0) & (low <= np.minimum(open_, close)) & (high >= np.maximum(open_, close))).tolist()
+    new_bar, set_field = object.__new__, object.__setattr__
+
+    def _bar(i: int) -> Bar:
+        # ``bar_at`` for a bar known to be valid: exact prices (the decimal each float was read
+        # from), no volume (the runner keeps no history when given the signal).
+        bar = new_bar(Bar)
+        set_field(bar, "time", from_ns(times.item(i)))
+        set_field(bar, "open", Decimal(repr(open_.item(i))))
+        set_field(bar, "high", Decimal(repr(high.item(i))))
+        set_field(bar, "low", Decimal(repr(low.item(i))))
+        set_field(bar, "close", Decimal(repr(close.item(i))))
+        set_field(bar, "volume", _ZERO)
+        return bar
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the replay allocates millions of small objects and frees few: collections only cost
     try:
@@ -311,7 +329,8 @@ def run_backtest(
             i = nxt
             is_signal = k < nsig and sig[k] == i
             # Given the signal, the runner reads no volume (it keeps no history of its own).
-            runner.on_bar(bar_at(series, i, volume=False), frame.at(i) if is_signal else None)
+            bar = _bar(i) if valid[i] else bar_at(series, i, volume=False)
+            runner.on_bar(bar, frame.at(i) if is_signal else None)
             if is_signal:
                 k += 1
             acc = sim.account()

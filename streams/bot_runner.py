@@ -156,6 +156,11 @@ class Venue(Protocol):
 
     def catch_up(self) -> int: ...
 
+    def watches(self, symbol: str) -> bool:
+        """False when a price of ``symbol`` would only become the last price (nothing to fill,
+        trigger, expire or catch up on)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Intent:
@@ -344,17 +349,26 @@ class BotRunner:
             return
         self.stats.bars += 1
         t_open = bar.time
-        self._tick(bar.open, t_open)
+        # In simulated time nobody else reads the market between two ticks: a price the venue
+        # does not act on is only overwritten by the next one, so it is not sent (the events
+        # are the same; the clock and the last price move with the next tick that matters).
+        sim = self.sim_clock is not None
         if self.pending is not None:
             intent, self.pending = self.pending, None
+            self._tick(bar.open, t_open)
             self._execute(intent)
-        self._walk_exits(bar, t_open)
-        t_close = t_open + self.step
-        self._tick(bar.close, t_close)
+            self._walk_exits(bar, t_open)
+        elif not sim or self.venue.watches(self._sym):
+            self._tick(bar.open, t_open)
+            self._walk_exits(bar, t_open)
+        # (else: no position with an exit to walk either)
         self.last_bar = bar.time
         if signal is _COMPUTE:
             self._history.append(bar)
+            self._tick(bar.close, t_open + self.step)
             signal = self.strategy.latest(self._history.bars())
+        elif signal is not None or not sim or self.venue.watches(self._sym):
+            self._tick(bar.close, t_open + self.step)
         if signal is None or self.stopped is not None:
             return
         self._decide(bar, signal)
@@ -366,12 +380,13 @@ class BotRunner:
             return
         action = "buy" if signal.action is Action.BUY else "sell"
         at = bar.time.isoformat()
+        confidence = _unit(signal.confidence)
         cmd = RecordSignal.trusted(
             bot_id=self.bot_id,
             bar_time=bar.time,
             action=action,
-            confidence=_unit(signal.confidence),
-            strength=_unit(signal.strength),
+            confidence=confidence,
+            strength=confidence if signal.strength == signal.confidence else _unit(signal.strength),
             price=bar.close,
             indicators=signal.indicators,
             idempotency_key=f"bot:{self.bot_id}:{at}:signal",
