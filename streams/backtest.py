@@ -395,13 +395,17 @@ def _equity_curve(
     n = len(series)
     if not idx:
         return np.full(n, float(spec.cash))
-    ia = np.asarray(idx)
-    state = np.searchsorted(ia, np.arange(n), side="right") - 1
-    c0 = float(spec.cash)
-    cash_a = np.concatenate(([c0], np.asarray(cash)))[state + 1]
-    margin_a = np.concatenate(([0.0], np.asarray(margin)))[state + 1]
-    qty_a = np.concatenate(([0.0], np.asarray(qty)))[state + 1]
-    entry_a = np.concatenate(([0.0], np.asarray(entry)))[state + 1]
+    # State k (k = 0: the initial one) holds from its bar up to the next state's bar:
+    # each state's values repeated over its run of bars (``idx`` is strictly increasing).
+    runs = np.diff(np.asarray([0, *idx, n], dtype=np.int64))
+
+    def spread(first: float, values: list[float]) -> np.ndarray:
+        return np.repeat(np.asarray([first, *values], dtype=np.float64), runs)
+
+    cash_a = spread(float(spec.cash), cash)
+    margin_a = spread(0.0, margin)
+    qty_a = spread(0.0, qty)
+    entry_a = spread(0.0, entry)
     result: np.ndarray = cash_a + margin_a + qty_a * (series.close - entry_a)
     return result
 
