@@ -12,7 +12,10 @@ series; then only the bars where something can happen reach the runner: signal b
 bar after a signal (its order fills at that open), bars whose range reaches the open
 position's stop-loss or take-profit, and the last bar. Every other bar would only move
 the last price, which the next processed bar sets again before any command reads it, so
-skipping it changes no event.
+skipping it changes no event (the runner skips such prices inside a processed bar too).
+Bars are built straight from the float columns, their validity checked once for the
+whole series; the equity curve is the recorded account states repeated over their runs
+of bars.
 
 Fill conventions (``fill``):
 - ``next_open`` (default): a signal at bar ``i``'s close is sized, priced and filled at
