@@ -31,7 +31,7 @@ from commands.messages import ClosePosition, Command, ExpireOrder, RecordFill
 from commands.ports import EventStore
 from domain import account_events as ae
 from domain.clock import Clock
-from domain.envelope import RecordedEvent, new_event_id
+from domain.envelope import RecordedEvent
 from domain.errors import DomainError
 from domain.events import Event
 from domain.values import BPS, ONE, OrderType, PositionSide, Side, Symbol, derived_id
@@ -291,7 +291,7 @@ class PaperExecution:
                 fee=fee,
                 ts_event=self.clock.now(),
                 idempotency_key=f"paper:{fill_id}",
-                command_id=new_event_id(),
+                command_id=f"paper:{fill_id}",  # derived: a re-sent fill is the same command
                 correlation_id=None,
                 user_id="system",
             ),
