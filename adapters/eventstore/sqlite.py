@@ -191,11 +191,42 @@ class SqliteEventStore:
         return self._appender.submit(request)
 
     def _write_batch(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        # Each statement here is one ``sqlite3_step``: the sqlite3 module gives up the GIL
+        # around every step and takes it back after, and while the writer threads are busy
+        # deciding their next commands, taking it back is a wait. So a batch is one read,
+        # one INSERT per table and the commit, whatever its size (``executemany`` would
+        # step once per row).
         conn = self._writer
         try:
-            plan = self._write_optimistic(conn, requests)
-            if plan is None:
-                plan = self._write_checked(conn, requests)
+            # Under the write lock: positions and versions are read first; the batch's
+            # idempotency keys and event ids are assumed new (a retry is the exception), and
+            # the unique constraints say otherwise.
+            last_position, versions = self._begin(conn, requests)
+            now = utc(self._clock.now())
+            plan = plan_batch(
+                requests,
+                last_position=last_position,
+                versions=versions,
+                idempotency={},
+                stored_events={},
+                ts_recorded=now,
+            )
+            if any(isinstance(o, Exception) for o in plan.outcomes):
+                # A refusal may rest on what was assumed (a retried append whose events are
+                # stored gets them back whatever its expected version): check it.
+                plan = self._plan_checked(conn, requests, last_position, versions, now)
+                self._insert(conn, plan, now)
+            else:
+                try:
+                    self._insert(conn, plan, now)
+                except sqlite3.IntegrityError:
+                    # A stored key or event id: undo the batch (its events may be in), and
+                    # resolve it against the stored ones.
+                    conn.execute("ROLLBACK")
+                    last_position, versions = self._begin(conn, requests)
+                    now = utc(self._clock.now())
+                    plan = self._plan_checked(conn, requests, last_position, versions, now)
+                    self._insert(conn, plan, now)
             if self._before_commit is not None:
                 self._before_commit(plan.recorded)
             conn.execute("COMMIT")
@@ -208,46 +239,6 @@ class SqliteEventStore:
                 self._append_seq += 1
                 self._appended.notify_all()
         return plan.outcomes
-
-    # Each statement below is one ``sqlite3_step``: the sqlite3 module gives up the GIL
-    # around every step and takes it back after, and while the writer threads are busy
-    # deciding their next commands, taking it back is a wait. One read, one insert per
-    # table and the commit, whatever the batch size (``executemany`` steps once per row).
-
-    def _write_optimistic(self, conn: sqlite3.Connection, requests: Sequence[AppendRequest]) -> BatchPlan | None:
-        """Begin and insert the batch assuming its idempotency keys and event ids are new.
-
-        A retried command is the exception, not the rule: the unique constraints catch it.
-        Returns None, with the transaction rolled back, when the plan refuses a request (the
-        refusal may rest on that assumption) or a constraint refuses an insert.
-        """
-        last_position, versions = self._begin(conn, requests)
-        now = utc(self._clock.now())
-        plan = plan_batch(
-            requests,
-            last_position=last_position,
-            versions=versions,
-            idempotency={},
-            stored_events={},
-            ts_recorded=now,
-        )
-        if any(isinstance(o, Exception) for o in plan.outcomes):
-            conn.execute("ROLLBACK")
-            return None
-        try:
-            self._insert(conn, plan, now)
-        except sqlite3.IntegrityError:
-            conn.execute("ROLLBACK")
-            return None
-        return plan
-
-    def _write_checked(self, conn: sqlite3.Connection, requests: Sequence[AppendRequest]) -> BatchPlan:
-        """Begin and insert the batch resolved against the stored keys and event ids it names."""
-        last_position, versions = self._begin(conn, requests)
-        now = utc(self._clock.now())
-        plan = self._plan_checked(conn, requests, last_position, versions, now)
-        self._insert(conn, plan, now)
-        return plan
 
     @staticmethod
     def _begin(conn: sqlite3.Connection, requests: Sequence[AppendRequest]) -> tuple[int, dict[str, int]]:
