@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 
 from adapters.eventstore.codec import (
@@ -37,6 +35,7 @@ from adapters.eventstore.groupcommit import (
     batch_keys,
     plan_batch,
 )
+from adapters.sqlite_pool import SqliteConnections
 from commands.ports import IdempotencyRecord, Snapshot
 from domain.clock import Clock
 from domain.envelope import NewEvent, RecordedEvent
@@ -127,18 +126,14 @@ class SqliteEventStore:
         inside each write transaction just before COMMIT; ``linger`` is how long a batch
         may wait for writers that were active in the last batches (``GroupCommitAppender``).
         """
-        self._path = os.fspath(path)
         self._clock = clock
         self._poll_interval = poll_interval
-        self._busy_timeout = busy_timeout
         self._before_commit = before_commit
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
         self._appended = threading.Condition()
         self._append_seq = 0
         self._closed = False
-        self._writer = self._connect()
+        self._conns = SqliteConnections(path, synchronous="FULL", busy_timeout=busy_timeout, name="event store")
+        self._writer = self._conns.writer
         # Rows per INSERT: bound parameters are limited (32,766 by default, 999 before 3.32).
         self._chunk_rows = max(1, min(256, self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 9))
         try:
@@ -154,28 +149,8 @@ class SqliteEventStore:
                 linger=linger,
             )
         except BaseException:
-            self._close_connections()
+            self._conns.close()
             raise
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=FULL")
-        with self._all_lock:
-            self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        if self._closed:
-            raise sqlite3.ProgrammingError("event store is closed")
-        try:
-            conn = self._readers.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            self._readers.put(conn)
 
     # --- writing -------------------------------------------------------------------
 
@@ -291,36 +266,36 @@ class SqliteEventStore:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         state = dumps(snapshot.state)
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             conn.execute(_SAVE_SNAPSHOT, (snapshot.stream_id, snapshot.version, snapshot.schema, state))
 
     # --- reading -------------------------------------------------------------------
 
     def lookup_idempotency(self, key: str) -> IdempotencyRecord | None:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             row = conn.execute(_IDEMPOTENCY_ONE, (key,)).fetchone()
         return idempotency_from_row(row) if row else None
 
     def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             rows = conn.execute(_READ_STREAM, (stream_id, from_version)).fetchall()
         return [record_from_row(r) for r in rows]
 
     def stream_version(self, stream_id: str) -> int:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             return int(conn.execute(_STREAM_VERSION, (stream_id,)).fetchone()[0])
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             rows = conn.execute(_READ_ALL, (after_position, max(limit, 0))).fetchall()
         return [record_from_row(r) for r in rows]
 
     def last_position(self) -> int:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             return int(conn.execute(_LAST_POSITION).fetchone()[0])
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             row = conn.execute(_LOAD_SNAPSHOT, (stream_id,)).fetchone()
         return snapshot_from_row(row) if row else None
 
@@ -361,10 +336,4 @@ class SqliteEventStore:
             return
         self._appender.close()
         self._closed = True
-        self._close_connections()
-
-    def _close_connections(self) -> None:
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        self._conns.close()
