@@ -232,8 +232,8 @@ class SqliteEventStore:
             conn.execute(_insert_sql(_INSERT_EVENTS, 9, len(part)), [v for r in part for v in (*r, ts)])
         keys = plan.idempotency_rows
         for i in range(0, len(keys), chunk):
-            part = keys[i : i + chunk]
-            conn.execute(_insert_sql(_INSERT_IDEMPOTENCY, 6, len(part)), [v for r in part for v in (*r, ts)])
+            key_part = keys[i : i + chunk]
+            conn.execute(_insert_sql(_INSERT_IDEMPOTENCY, 6, len(key_part)), [v for r in key_part for v in (*r, ts)])
 
     @staticmethod
     def _plan_checked(
