@@ -17,9 +17,11 @@ Fill model:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
@@ -29,8 +31,9 @@ from commands.messages import ClosePosition, Command, ExpireOrder, RecordFill
 from commands.ports import EventStore
 from domain import account_events as ae
 from domain.clock import Clock
-from domain.envelope import RecordedEvent, new_event_id
+from domain.envelope import RecordedEvent
 from domain.errors import DomainError
+from domain.events import Event
 from domain.values import BPS, ONE, OrderType, PositionSide, Side, Symbol, derived_id
 
 log = structlog.get_logger(__name__)
@@ -40,7 +43,7 @@ log = structlog.get_logger(__name__)
 class _WorkingOrder:
     account_id: str
     order_id: str
-    symbol: str
+    symbol: Symbol
     side: Side
     order_type: OrderType
     remaining: Decimal
@@ -56,7 +59,7 @@ class _WorkingOrder:
 class _OpenPosition:
     account_id: str
     position_id: str
-    symbol: str
+    symbol: Symbol
     side: PositionSide
     quantity: Decimal
     take_profit: Decimal | None
@@ -123,11 +126,14 @@ class PaperExecution:
                 self.position = rec.position
                 if not rec.stream_id.startswith("account-"):
                     continue  # the venue follows accounts only (as _track)
-                self._track(rec)
                 ev = rec.event
-                if isinstance(ev, ae.OrderAccepted):
+                track = _TRACKERS.get(type(ev))
+                if track is None:
+                    continue
+                track(self, ev)
+                if type(ev) is ae.OrderAccepted:
                     self._try_fill(self._orders[ev.order_id])
-                elif isinstance(ev, ae.PositionOpened):
+                elif type(ev) is ae.PositionOpened:
                     self._check_exits(self._positions[ev.position_id])
 
     def run(self, stop: threading.Event) -> None:
@@ -140,46 +146,57 @@ class PaperExecution:
         if not rec.stream_id.startswith("account-"):
             return
         ev = rec.event
-        if isinstance(ev, ae.OrderAccepted):
-            self._orders[ev.order_id] = _WorkingOrder(
-                account_id=ev.account_id,
-                order_id=ev.order_id,
-                symbol=ev.symbol,
-                side=ev.side,
-                order_type=ev.order_type,
-                remaining=ev.quantity,
-                limit_price=ev.limit_price,
-                stop_price=ev.stop_price,
-                expires_at=ev.expires_at,
-                reduce_only=ev.reduce_only,
-            )
-        elif isinstance(ev, ae.OrderPartiallyFilled):
-            wo = self._orders.get(ev.order_id)
-            if wo is not None:
-                wo.remaining -= ev.quantity
-                wo.fills += 1
-        elif isinstance(ev, ae.OrderFilled | ae.OrderCancelled | ae.OrderExpired):
-            self._orders.pop(ev.order_id, None)
-        elif isinstance(ev, ae.PositionOpened):
-            self._positions[ev.position_id] = _OpenPosition(
-                account_id=ev.account_id,
-                position_id=ev.position_id,
-                symbol=ev.symbol,
-                side=ev.side,
-                quantity=ev.quantity,
-                take_profit=ev.take_profit,
-                stop_loss=ev.stop_loss,
-            )
-        elif isinstance(ev, ae.PositionIncreased):
-            self._positions[ev.position_id].quantity = ev.new_quantity
-        elif isinstance(ev, ae.PositionReduced):
-            self._positions[ev.position_id].quantity = ev.remaining
-        elif isinstance(ev, ae.PositionClosing):
-            op = self._positions.get(ev.position_id)
-            if op is not None:
-                op.closing = True
-        elif isinstance(ev, ae.PositionClosed):
-            self._positions.pop(ev.position_id, None)
+        track = _TRACKERS.get(type(ev))
+        if track is not None:
+            track(self, ev)
+
+    def _order_accepted(self, ev: ae.OrderAccepted) -> None:
+        self._orders[ev.order_id] = _WorkingOrder(
+            account_id=ev.account_id,
+            order_id=ev.order_id,
+            symbol=Symbol(ev.symbol),
+            side=ev.side,
+            order_type=ev.order_type,
+            remaining=ev.quantity,
+            limit_price=ev.limit_price,
+            stop_price=ev.stop_price,
+            expires_at=ev.expires_at,
+            reduce_only=ev.reduce_only,
+        )
+
+    def _order_partially_filled(self, ev: ae.OrderPartiallyFilled) -> None:
+        wo = self._orders.get(ev.order_id)
+        if wo is not None:
+            wo.remaining -= ev.quantity
+            wo.fills += 1
+
+    def _order_done(self, ev: ae.OrderFilled | ae.OrderCancelled | ae.OrderExpired) -> None:
+        self._orders.pop(ev.order_id, None)
+
+    def _position_opened(self, ev: ae.PositionOpened) -> None:
+        self._positions[ev.position_id] = _OpenPosition(
+            account_id=ev.account_id,
+            position_id=ev.position_id,
+            symbol=Symbol(ev.symbol),
+            side=ev.side,
+            quantity=ev.quantity,
+            take_profit=ev.take_profit,
+            stop_loss=ev.stop_loss,
+        )
+
+    def _position_increased(self, ev: ae.PositionIncreased) -> None:
+        self._positions[ev.position_id].quantity = ev.new_quantity
+
+    def _position_reduced(self, ev: ae.PositionReduced) -> None:
+        self._positions[ev.position_id].quantity = ev.remaining
+
+    def _position_closing(self, ev: ae.PositionClosing) -> None:
+        op = self._positions.get(ev.position_id)
+        if op is not None:
+            op.closing = True
+
+    def _position_closed(self, ev: ae.PositionClosed) -> None:
+        self._positions.pop(ev.position_id, None)
 
     # --- market data -----------------------------------------------------------------
 
@@ -196,6 +213,16 @@ class PaperExecution:
                 for op in [p for p in self._positions.values() if p.symbol == sym]:
                     self._check_exits(op)
             self.catch_up()
+
+    def watches(self, symbol: str) -> bool:
+        """False when a price of ``symbol`` would only become the last price: no working order,
+        no open position with a take-profit or stop-loss on it, no event left to catch up on."""
+        if self._orders or self.store.last_position() != self.position:
+            return True
+        for op in self._positions.values():
+            if op.symbol == symbol and not op.closing and (op.take_profit is not None or op.stop_loss is not None):
+                return True
+        return False
 
     def _act_on_all(self) -> None:
         self._expire_due()
@@ -221,14 +248,14 @@ class PaperExecution:
     def _try_fill(self, wo: _WorkingOrder) -> None:
         if wo.done or wo.order_id not in self._orders:
             return
-        last = self.prices.last_price(Symbol(wo.symbol))
+        last = self.prices.last_price(wo.symbol)
         if last is None:
             return
         buy = wo.side is Side.BUY
-        slip_up, slip_down = last * (ONE + self.slippage), last * (ONE - self.slippage)
-        if wo.order_type is OrderType.MARKET:
-            price = slip_up if buy else slip_down
-        elif wo.order_type is OrderType.LIMIT:
+        order_type = wo.order_type
+        if order_type is OrderType.MARKET:
+            price = last
+        elif order_type is OrderType.LIMIT:
             assert wo.limit_price is not None
             if (buy and last > wo.limit_price) or (not buy and last < wo.limit_price):
                 return
@@ -237,7 +264,9 @@ class PaperExecution:
             assert wo.stop_price is not None
             if (buy and last < wo.stop_price) or (not buy and last > wo.stop_price):
                 return
-            price = slip_up if buy else slip_down
+            price = last
+        if order_type is not OrderType.LIMIT and self.slippage:
+            price = last * (ONE + self.slippage) if buy else last * (ONE - self.slippage)
         qty = wo.remaining
         if wo.reduce_only:
             # Like a venue, never let a reduce-only order fill past the position it reduces.
@@ -262,7 +291,7 @@ class PaperExecution:
                 fee=fee,
                 ts_event=self.clock.now(),
                 idempotency_key=f"paper:{fill_id}",
-                command_id=new_event_id(),
+                command_id=f"paper:{fill_id}",  # derived: a re-sent fill is the same command
                 correlation_id=None,
                 user_id="system",
             ),
@@ -271,7 +300,7 @@ class PaperExecution:
     def _check_exits(self, op: _OpenPosition) -> None:
         if op.closing or (op.take_profit is None and op.stop_loss is None):
             return
-        last = self.prices.last_price(Symbol(op.symbol))
+        last = self.prices.last_price(op.symbol)
         if last is None:
             return
         long = op.side is PositionSide.LONG
@@ -313,3 +342,18 @@ class PaperExecution:
                 item.closing = False
             log.exception("paper.command_failed", command=type(cmd).__name__)
             raise
+
+
+# How each account event changes what the venue tracks (events not listed change nothing).
+_TRACKERS: dict[type[Event], Callable[[PaperExecution, Any], None]] = {
+    ae.OrderAccepted: PaperExecution._order_accepted,
+    ae.OrderPartiallyFilled: PaperExecution._order_partially_filled,
+    ae.OrderFilled: PaperExecution._order_done,
+    ae.OrderCancelled: PaperExecution._order_done,
+    ae.OrderExpired: PaperExecution._order_done,
+    ae.PositionOpened: PaperExecution._position_opened,
+    ae.PositionIncreased: PaperExecution._position_increased,
+    ae.PositionReduced: PaperExecution._position_reduced,
+    ae.PositionClosing: PaperExecution._position_closing,
+    ae.PositionClosed: PaperExecution._position_closed,
+}

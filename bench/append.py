@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import shutil
@@ -78,6 +79,8 @@ class Run:
     """CPU time of this process (all threads, user + system) per timed command, in us."""
     load: float
     """1-minute load average at the end of the run (the machine is shared)."""
+    gc_ms: float = 0.0
+    """Wall time spent in cyclic garbage collections during the timed window (all threads stop)."""
 
 
 @dataclass
@@ -92,6 +95,24 @@ class Series:
     @property
     def median(self) -> float:
         return statistics.median(r.rate for r in self.runs)
+
+
+class GcTimer:
+    """Adds up the wall time of the cyclic collector's runs (``gc.callbacks``): measurement only."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._start
+
+
+GC = GcTimer()
 
 
 Op = Callable[[], bool]
@@ -129,9 +150,9 @@ def closed_loop(writers: int, make_op: Callable[[int], Op], warmup: float, durat
         t.start()
     ready.wait()
     time.sleep(warmup)
-    c0, t0, p0 = sum(counts), time.perf_counter(), time.process_time()
+    c0, t0, p0, g0 = sum(counts), time.perf_counter(), time.process_time(), GC.total
     time.sleep(duration)
-    c1, t1, p1 = sum(counts), time.perf_counter(), time.process_time()
+    c1, t1, p1, g1 = sum(counts), time.perf_counter(), time.process_time(), GC.total
     stop.set()
     for t in threads:
         t.join()
@@ -139,7 +160,7 @@ def closed_loop(writers: int, make_op: Callable[[int], Op], warmup: float, durat
         print(f"    !! {len(errors)} writer(s) failed: {errors[0]!r}", file=sys.stderr)
     n = c1 - c0
     cpu_us = (p1 - p0) / n * 1e6 if n else float("nan")
-    return Run(n / (t1 - t0), n, sum(accepted), sum(rejected), len(errors), cpu_us, os.getloadavg()[0])
+    return Run(n / (t1 - t0), n, sum(accepted), sum(rejected), len(errors), cpu_us, os.getloadavg()[0], (g1 - g0) * 1e3)
 
 
 def open_loop(op: Callable[[int], bool], rate: float, warmup: float, duration: float, workers: int) -> dict[str, Any]:
@@ -475,7 +496,7 @@ def main() -> int:
                     f"  [{r + 1}/{repeat}] {label:<28} {run.rate:>9,.0f} cmd/s"
                     f"  ({run.commands:,} timed; accepted {run.accepted:,}, rejected {run.rejected:,};"
                     f" ~{(run.accepted + run.rejected) / (writers * per_writer):.0f} orders/account;"
-                    f" {run.cpu_us:,.0f} us CPU/cmd in this process; load {run.load:.1f}"
+                    f" {run.cpu_us:,.0f} us CPU/cmd in this process; gc {run.gc_ms:,.0f} ms; load {run.load:.1f}"
                     f"{f', writer errors {run.errors}' if run.errors else ''})",
                     flush=True,
                 )
@@ -504,7 +525,7 @@ def main() -> int:
     print()
     print(
         f"{'configuration':<28} {'best cmd/s':>10} {'median':>8}  {'runs (cmd/s)':<24}"
-        f" {'CPU us/cmd':>10}  accepted / rejected"
+        f" {'CPU us/cmd':>10} {'gc ms/s':>8}  accepted / rejected"
     )
     print("-" * 110)
     for label, s in series.items():
@@ -512,9 +533,15 @@ def main() -> int:
         acc = sum(r.accepted for r in s.runs)
         rej = sum(r.rejected for r in s.runs)
         cpu = min(r.cpu_us for r in s.runs)
-        print(f"{label:<28} {s.best:>10,.0f} {s.median:>8,.0f}  {runs:<24} {cpu:>10,.0f}  {acc:,} / {rej:,}")
+        gc_share = sum(r.gc_ms for r in s.runs) / (len(s.runs) * duration)
+        print(
+            f"{label:<28} {s.best:>10,.0f} {s.median:>8,.0f}  {runs:<24} {cpu:>10,.0f} {gc_share:>8,.0f}"
+            f"  {acc:,} / {rej:,}"
+        )
     print("  (CPU us/cmd: the lowest of the runs, this process only; the database server's CPU is not included;")
-    print("   tradecore/memory = in-memory event store: what the bus + domain allow with no storage cost)")
+    print("   gc ms/s: milliseconds per timed second spent in cyclic garbage collections, all threads stopped;")
+    print("   tradecore/memory = in-memory event store: what the bus + domain allow with no storage cost;")
+    print("   it keeps every event as objects, so its full collections grow with the log)")
 
     def best(label: str) -> float | None:
         s = series.get(label)

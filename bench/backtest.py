@@ -14,7 +14,8 @@ next bar's open, in all three engines.
   the next open in whole units; its first call (numba compilation) is not timed.
 
 Each engine runs ``--repeat`` times, interleaved; the median is reported. The last line of
-output is one JSON object; ``ratio`` is backtesting.py's time over ours.
+output is one JSON object; ``ratio`` is backtesting.py's time over ours (wall clock), ``cpu_ratio``
+the same with process CPU time (steadier on a busy machine).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def make_series(n: int, seed: int = 42) -> Bars:
     return Bars.from_arrays(t, open_, high, low, close, np.ones(n))
 
 
-def ours(series: Bars) -> tuple[float, float, int]:
+def ours(series: Bars) -> tuple[float, float, int, float]:
     spec = BacktestSpec(
         strategy="sma_cross",
         parameters={"fast": 10, "slow": 30},
@@ -62,10 +63,10 @@ def ours(series: Bars) -> tuple[float, float, int]:
         slippage_bps=Decimal(0),
         qty_step=Decimal(1),
     )
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     res = run_backtest(series, spec)
-    dt = time.perf_counter() - t0
-    return dt, float(res.final_equity), int(res.summary["total_trades"])
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return dt, float(res.final_equity), int(res.summary["total_trades"]), cpu
 
 
 def frame(series: Bars) -> Any:
@@ -78,7 +79,7 @@ def frame(series: Bars) -> Any:
     )
 
 
-def backtesting_py(df: Any) -> tuple[float, float, int]:
+def backtesting_py(df: Any) -> tuple[float, float, int, float]:
     import pandas as pd
     from backtesting import Backtest, Strategy
     from backtesting.lib import crossover
@@ -100,10 +101,10 @@ def backtesting_py(df: Any) -> tuple[float, float, int]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         r = Backtest(df, SmaCross, cash=CASH, commission=0).run()
-        dt = time.perf_counter() - t0
-    return dt, float(r["Equity Final [$]"]), int(r["# Trades"])
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return dt, float(r["Equity Final [$]"]), int(r["# Trades"]), cpu
 
 
 def vectorbt_run(df: Any) -> tuple[float, float, int] | None:
@@ -139,13 +140,16 @@ def main() -> int:
     print(f"SMA 10/30 long-only all-in, zero fees, next-open fills, {n:,} one-minute bars, {repeat} runs each")
     vbt_ok = not args.no_vectorbt and vectorbt_run(df.iloc[:2000]) is not None  # numba compiles here
     times: dict[str, list[float]] = {"ours": [], "backtesting.py": [], "vectorbt": []}
+    cpu: dict[str, list[float]] = {"ours": [], "backtesting.py": []}
     results: dict[str, tuple[float, int]] = {}
     for k in range(repeat):
-        dt, eq, tr = ours(series)
+        dt, eq, tr, c = ours(series)
         times["ours"].append(dt)
+        cpu["ours"].append(c)
         results["ours"] = (eq, tr)
-        dt, eq, tr = backtesting_py(df)
+        dt, eq, tr, c = backtesting_py(df)
         times["backtesting.py"].append(dt)
+        cpu["backtesting.py"].append(c)
         results["backtesting.py"] = (eq, tr)
         if vbt_ok:
             v = vectorbt_run(df)
@@ -164,6 +168,9 @@ def main() -> int:
         "ours_s": round(med["ours"], 3),
         "backtesting_py_s": round(med["backtesting.py"], 3),
         "ratio": round(med["backtesting.py"] / med["ours"], 2),
+        "ours_cpu_s": round(statistics.median(cpu["ours"]), 3),
+        "backtesting_py_cpu_s": round(statistics.median(cpu["backtesting.py"]), 3),
+        "cpu_ratio": round(statistics.median(cpu["backtesting.py"]) / statistics.median(cpu["ours"]), 2),
         "equity_equal": bool(equal),
     }
     if "vectorbt" in med:

@@ -127,7 +127,7 @@ def place_order(cmd: PlaceOrder, uow: UnitOfWork, clock: Clock, prices: PriceSou
     ev = account.place_order(
         order_id=order_id,
         client_order_id=order_id,
-        symbol=cmd.symbol,
+        symbol=cmd.symbol if symbol is None else symbol,  # the Symbol: not parsed twice
         side=cmd.side,
         order_type=cmd.order_type,
         quantity=cmd.quantity,

@@ -138,7 +138,7 @@ class Order:
     bot_id: str | None = None
     expires_at: datetime | None = None
     status: OrderStatus = OrderStatus.ACCEPTED
-    fill_ids: list[str] = field(default_factory=list)
+    fill_ids: tuple[str, ...] = ()
     fees: Decimal = ZERO
     notional_filled: Decimal = ZERO
 
@@ -439,7 +439,10 @@ class Account(Aggregate):
             return reject(RejectReason.INVALID_ORDER, "a market order takes no limit or stop price")
         if expires_at is not None and expires_at <= now:
             return reject(RejectReason.INVALID_ORDER, "expiry is in the past")
-        ref = {OrderType.MARKET: last_price, OrderType.LIMIT: limit_price, OrderType.STOP: stop_price}[order_type]
+        if order_type is OrderType.MARKET:
+            ref = last_price
+        else:
+            ref = limit_price if order_type is OrderType.LIMIT else stop_price
         if ref is None:
             return reject(RejectReason.NO_MARKET_PRICE, f"no market price known for {sym}")
         if ref <= 0:
@@ -593,7 +596,7 @@ class Account(Aggregate):
             raise ValidationFailed("fill quantity and price must be positive and the fee not negative")
         if quantity > order.remaining:
             raise ValidationFailed(f"fill of {quantity} exceeds the {order.remaining} remaining on {order_id}")
-        sym = Symbol(order.symbol)
+        sym = str.__new__(Symbol, order.symbol)  # checked when the order was accepted
         pos = self.s.positions.get(sym)
         if order.reduce_only and (pos is None or pos.side.closing_side is not order.side or quantity > pos.quantity):
             raise Conflict(f"reduce-only order {order_id} has no matching position to reduce", code="NOTHING_TO_REDUCE")
@@ -876,24 +879,30 @@ class Account(Aggregate):
         self.s.limits = e.limits
 
     def _apply_OrderAccepted(self, e: OrderAccepted) -> None:
-        self.s.orders[e.order_id] = Order(
+        # An open order lives long, and the cyclic collector walks every tracked object it
+        # holds on each full collection: instances of the value types (Symbol, Quantity,
+        # Money, Price: classes defined in Python) are tracked, plain str and Decimal are
+        # not. So the order keeps plain copies (what a snapshot restores, too), and an empty
+        # tuple of fill ids: one tracked object per open order, not five.
+        order = Order(
             order_id=e.order_id,
             client_order_id=e.client_order_id,
-            symbol=e.symbol,
+            symbol=str(e.symbol),
             side=e.side,
             order_type=e.order_type,
-            quantity=e.quantity,
-            limit_price=e.limit_price,
-            stop_price=e.stop_price,
-            take_profit=e.take_profit,
-            stop_loss=e.stop_loss,
+            quantity=Decimal(e.quantity),
+            limit_price=None if e.limit_price is None else Decimal(e.limit_price),
+            stop_price=None if e.stop_price is None else Decimal(e.stop_price),
+            take_profit=None if e.take_profit is None else Decimal(e.take_profit),
+            stop_loss=None if e.stop_loss is None else Decimal(e.stop_loss),
             leverage=e.leverage,
             reduce_only=e.reduce_only,
-            reserved=e.reserved,
+            reserved=Decimal(e.reserved),
             bot_id=e.bot_id,
             expires_at=e.expires_at,
         )
-        self._book_order(self.s.orders[e.order_id], 1)
+        self.s.orders[e.order_id] = order
+        self._book_order(order, 1)
         self.s.order_status[e.order_id] = OrderStatus.ACCEPTED
         self.s.reserved += e.reserved
 
@@ -907,7 +916,7 @@ class Account(Aggregate):
         order.filled += e.quantity
         order.notional_filled += e.quantity * e.price
         order.fees += e.fee
-        order.fill_ids.append(e.fill_id)
+        order.fill_ids = (*order.fill_ids, e.fill_id)
         order.reserved -= e.released
         self.s.reserved -= e.released
         self.s.order_status[e.order_id] = order.status

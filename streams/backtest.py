@@ -12,7 +12,10 @@ series; then only the bars where something can happen reach the runner: signal b
 bar after a signal (its order fills at that open), bars whose range reaches the open
 position's stop-loss or take-profit, and the last bar. Every other bar would only move
 the last price, which the next processed bar sets again before any command reads it, so
-skipping it changes no event.
+skipping it changes no event (the runner skips such prices inside a processed bar too).
+Bars are built straight from the float columns, their validity checked once for the
+whole series; the equity curve is the recorded account states repeated over their runs
+of bars.
 
 Fill conventions (``fill``):
 - ``next_open`` (default): a signal at bar ``i``'s close is sized, priced and filled at
@@ -64,6 +67,7 @@ from streams.bot_runner import BotRunner, FillConvention, RunnerSettings
 ACCOUNT_ID = "backtest"
 BOT_ID = "backtest-bot"
 OWNER_ID = "backtest"
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +294,23 @@ def run_backtest(
     acc = sim.account()
     pos = acc.s.positions.get(symbol)
     recorded_version = acc.version  # the state before the first bar: the deposit, no position
+    open_, close, times = series.open, series.close, series.time
+    # Bars whose range holds their open and close (the others go through ``bar_at``, which refuses them).
+    valid = ((low > 0) & (low <= np.minimum(open_, close)) & (high >= np.maximum(open_, close))).tolist()
+    new_bar, set_field = object.__new__, object.__setattr__
+
+    def _bar(i: int) -> Bar:
+        # ``bar_at`` for a bar known to be valid: exact prices (the decimal each float was read
+        # from), no volume (the runner keeps no history when given the signal).
+        bar = new_bar(Bar)
+        set_field(bar, "time", from_ns(times.item(i)))
+        set_field(bar, "open", Decimal(repr(open_.item(i))))
+        set_field(bar, "high", Decimal(repr(high.item(i))))
+        set_field(bar, "low", Decimal(repr(low.item(i))))
+        set_field(bar, "close", Decimal(repr(close.item(i))))
+        set_field(bar, "volume", _ZERO)
+        return bar
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the replay allocates millions of small objects and frees few: collections only cost
     try:
@@ -311,7 +332,8 @@ def run_backtest(
             i = nxt
             is_signal = k < nsig and sig[k] == i
             # Given the signal, the runner reads no volume (it keeps no history of its own).
-            runner.on_bar(bar_at(series, i, volume=False), frame.at(i) if is_signal else None)
+            bar = _bar(i) if valid[i] else bar_at(series, i, volume=False)
+            runner.on_bar(bar, frame.at(i) if is_signal else None)
             if is_signal:
                 k += 1
             acc = sim.account()
@@ -376,13 +398,17 @@ def _equity_curve(
     n = len(series)
     if not idx:
         return np.full(n, float(spec.cash))
-    ia = np.asarray(idx)
-    state = np.searchsorted(ia, np.arange(n), side="right") - 1
-    c0 = float(spec.cash)
-    cash_a = np.concatenate(([c0], np.asarray(cash)))[state + 1]
-    margin_a = np.concatenate(([0.0], np.asarray(margin)))[state + 1]
-    qty_a = np.concatenate(([0.0], np.asarray(qty)))[state + 1]
-    entry_a = np.concatenate(([0.0], np.asarray(entry)))[state + 1]
+    # State k (k = 0: the initial one) holds from its bar up to the next state's bar:
+    # each state's values repeated over its run of bars (``idx`` is strictly increasing).
+    runs = np.diff(np.asarray([0, *idx, n], dtype=np.int64))
+
+    def spread(first: float, values: list[float]) -> np.ndarray:
+        return np.repeat(np.asarray([first, *values], dtype=np.float64), runs)
+
+    cash_a = spread(float(spec.cash), cash)
+    margin_a = spread(0.0, margin)
+    qty_a = spread(0.0, qty)
+    entry_a = spread(0.0, entry)
     result: np.ndarray = cash_a + margin_a + qty_a * (series.close - entry_a)
     return result
 

@@ -20,7 +20,11 @@ order for that bar. Bars at or before the last one seen are ignored (at-least-on
 
 The same runner drives live paper trading (bars fed as they close) and backtests (the
 backtest driver feeds only the bars where something can happen, with the signals it
-computed for the whole series at once): both produce the same events.
+computed for the whole series at once): both produce the same events. In simulated time
+(a ``sim_clock``) a price the venue would not act on (``venue.watches``: no working order,
+no position with a stop-loss or take-profit, nothing to catch up on) is not sent: the next
+price overwrites it before anything reads it, so skipping it changes no event; the clock
+still moves to every decision's time.
 
 Sizing: with a stop-loss, the quantity risks ``risk_per_trade_pct`` of equity over the stop
 distance; without one, ``risk_per_trade_pct`` of equity is the order's cost. Either way
@@ -155,6 +159,11 @@ class Venue(Protocol):
     def on_price(self, symbol: str, price: Decimal, ts: datetime | None = None) -> None: ...
 
     def catch_up(self) -> int: ...
+
+    def watches(self, symbol: str) -> bool:
+        """False when a price of ``symbol`` would only become the last price (nothing to fill,
+        trigger, expire or catch up on)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,17 +353,31 @@ class BotRunner:
             return
         self.stats.bars += 1
         t_open = bar.time
-        self._tick(bar.open, t_open)
+        # In simulated time nobody else reads the market between two ticks: a price the venue
+        # does not act on is only overwritten by the next one, so it is not sent (the events
+        # are the same; the last price moves with the next tick that matters, the clock at
+        # least with every decision).
+        sim = self.sim_clock is not None
         if self.pending is not None:
             intent, self.pending = self.pending, None
+            self._tick(bar.open, t_open)
             self._execute(intent)
-        self._walk_exits(bar, t_open)
-        t_close = t_open + self.step
-        self._tick(bar.close, t_close)
+            self._walk_exits(bar, t_open)
+        elif not sim or self.venue.watches(self._sym):
+            self._tick(bar.open, t_open)
+            self._walk_exits(bar, t_open)
+        # (else: no position with an exit to walk either)
         self.last_bar = bar.time
         if signal is _COMPUTE:
             self._history.append(bar)
+            self._tick(bar.close, t_open + self.step)
             signal = self.strategy.latest(self._history.bars())
+        elif not sim or (signal is not None and self.settings.fill is FillConvention.CLOSE):
+            self._tick(bar.close, t_open + self.step)  # (a close fill is priced at the close)
+        elif self.venue.watches(self._sym):
+            self._tick(bar.close, t_open + self.step)
+        elif signal is not None and self.sim_clock is not None:
+            self.sim_clock.set(t_open + self.step)  # the signal is recorded at the close
         if signal is None or self.stopped is not None:
             return
         self._decide(bar, signal)
@@ -366,12 +389,13 @@ class BotRunner:
             return
         action = "buy" if signal.action is Action.BUY else "sell"
         at = bar.time.isoformat()
+        confidence = _unit(signal.confidence)
         cmd = RecordSignal.trusted(
             bot_id=self.bot_id,
             bar_time=bar.time,
             action=action,
-            confidence=_unit(signal.confidence),
-            strength=_unit(signal.strength),
+            confidence=confidence,
+            strength=confidence if signal.strength == signal.confidence else _unit(signal.strength),
             price=bar.close,
             indicators=signal.indicators,
             idempotency_key=f"bot:{self.bot_id}:{at}:signal",

@@ -85,6 +85,9 @@ class LiveVenue:
         n: int = self._paper.catch_up()
         return n
 
+    def watches(self, symbol: str) -> bool:
+        return False  # its ``on_price`` does nothing
+
 
 @dataclass(frozen=True, kw_only=True)
 class SupervisorSettings:

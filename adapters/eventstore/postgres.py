@@ -351,7 +351,12 @@ class PostgresEventStore:
                 if chunk:
                     pos = chunk[-1].position
                     yield chunk
-                    continue
+                    if len(chunk) >= batch:
+                        continue  # more may be stored already: read on
+                # A short chunk ended at the head of the log as of its read. Every commit
+                # after that read notifies after it is visible, and LISTEN was issued
+                # before the first read: waiting now misses nothing, and saves an empty
+                # read per batch.
                 _wait_for_notify(listener, fallback, stop)
 
     def close(self) -> None:

@@ -10,19 +10,19 @@ store appended.
 
 from __future__ import annotations
 
+import functools
 import os
-import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 
 from adapters.eventstore.codec import (
     EVENT_COLUMNS,
     dumps,
     idempotency_from_row,
+    loads,
     record_from_row,
     snapshot_from_row,
     utc,
@@ -35,6 +35,7 @@ from adapters.eventstore.groupcommit import (
     batch_keys,
     plan_batch,
 )
+from adapters.sqlite_pool import SqliteConnections
 from commands.ports import IdempotencyRecord, Snapshot
 from domain.clock import Clock
 from domain.envelope import NewEvent, RecordedEvent
@@ -68,29 +69,33 @@ _DDL = (
 )
 
 _LAST_POSITION = "SELECT coalesce(max(position), 0) FROM events"
-# json_each keeps each statement single and free of bound-variable limits; the
-# correlated max() is one probe of the (stream_id, version) index per stream.
-_STREAM_VERSIONS = (
-    "SELECT j.value, (SELECT max(e.version) FROM events e WHERE e.stream_id = j.value)"
-    " FROM json_each(?) j"
+# The write transaction's one read, in one row (one step): the last position and the
+# version of each named stream (null for a stream that has none yet).
+_LAST_POSITION_AND_VERSIONS = (
+    # The correlated max() is one probe of the (stream_id, version) index per stream.
+    "SELECT (SELECT coalesce(max(position), 0) FROM events),"
+    " (SELECT json_group_object(j.value,"
+    " (SELECT max(e.version) FROM events e WHERE e.stream_id = j.value)) FROM json_each(?) j)"
 )
-_EVENTS_BY_ID = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
-)
+# json_each keeps each statement single and free of bound-variable limits.
+_EVENTS_BY_ID = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN (SELECT value FROM json_each(?))"
 _IDEMPOTENCY_MANY = (
-    "SELECT key, command_type, fingerprint, result FROM idempotency"
-    " WHERE key IN (SELECT value FROM json_each(?))"
+    "SELECT key, command_type, fingerprint, result FROM idempotency WHERE key IN (SELECT value FROM json_each(?))"
 )
 _IDEMPOTENCY_ONE = "SELECT key, command_type, fingerprint, result FROM idempotency WHERE key = ?"
-_INSERT_EVENT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_IDEMPOTENCY = (
-    "INSERT INTO idempotency (key, command_type, fingerprint, result, position, ts_recorded)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+_INSERT_EVENTS = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES "
+_INSERT_IDEMPOTENCY = "INSERT INTO idempotency (key, command_type, fingerprint, result, position, ts_recorded) VALUES "
+
+
+@functools.cache
+def _insert_sql(head: str, columns: int, rows: int) -> str:
+    """``head`` with ``rows`` rows of ``columns`` parameters (one step for all of them)."""
+    row = "(" + ", ".join(["?"] * columns) + ")"
+    return head + ", ".join([row] * rows)
+
+
 _READ_ALL = f"SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-_READ_STREAM = (
-    f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
-)
+_READ_STREAM = f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version >= ? ORDER BY version"
 _STREAM_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
 _SAVE_SNAPSHOT = (
     "INSERT INTO snapshots (stream_id, version, schema, state) VALUES (?, ?, ?, ?)"
@@ -121,18 +126,16 @@ class SqliteEventStore:
         inside each write transaction just before COMMIT; ``linger`` is how long a batch
         may wait for writers that were active in the last batches (``GroupCommitAppender``).
         """
-        self._path = os.fspath(path)
         self._clock = clock
         self._poll_interval = poll_interval
-        self._busy_timeout = busy_timeout
         self._before_commit = before_commit
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
         self._appended = threading.Condition()
         self._append_seq = 0
         self._closed = False
-        self._writer = self._connect()
+        self._conns = SqliteConnections(path, synchronous="FULL", busy_timeout=busy_timeout, name="event store")
+        self._writer = self._conns.writer
+        # Rows per INSERT: bound parameters are limited (32,766 by default, 999 before 3.32).
+        self._chunk_rows = max(1, min(256, self._writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 9))
         try:
             self._writer.execute("PRAGMA journal_mode=WAL")
             self._writer.execute("BEGIN IMMEDIATE")
@@ -140,34 +143,14 @@ class SqliteEventStore:
                 self._writer.execute(statement)
             self._writer.execute("COMMIT")
             self._appender = GroupCommitAppender(
-                self._write_batch, name="sqlite-appender", max_batch=max_batch,
+                self._write_batch,
+                name="sqlite-appender",
+                max_batch=max_batch,
                 linger=linger,
             )
         except BaseException:
-            self._close_connections()
+            self._conns.close()
             raise
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA synchronous=FULL")
-        with self._all_lock:
-            self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        if self._closed:
-            raise sqlite3.ProgrammingError("event store is closed")
-        try:
-            conn = self._readers.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            self._readers.put(conn)
 
     # --- writing -------------------------------------------------------------------
 
@@ -183,22 +166,25 @@ class SqliteEventStore:
         return self._appender.submit(request)
 
     def _write_batch(self, requests: Sequence[AppendRequest]) -> list[Outcome]:
+        # Each statement here is one ``sqlite3_step``: the sqlite3 module gives up the GIL
+        # around every step and takes it back after, and while the writer threads are busy
+        # deciding their next commands, taking it back is a wait. So a batch is one read,
+        # one INSERT per table and the commit, whatever its size (``executemany`` would
+        # step once per row).
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
         try:
             # Under the write lock: positions and versions are read first; the batch's
             # idempotency keys and event ids are assumed new (a retry is the exception), and
-            # the unique constraints say otherwise. Then the inserts are undone and the
-            # batch is resolved against the stored keys and events.
-            streams = list(dict.fromkeys(r.stream_id for r in requests))
-            last_position = conn.execute(_LAST_POSITION).fetchone()[0]
-            versions = {
-                s: v for s, v in conn.execute(_STREAM_VERSIONS, (dumps(streams),)) if v is not None
-            }
+            # the unique constraints say otherwise.
+            last_position, versions = self._begin(conn, requests)
             now = utc(self._clock.now())
             plan = plan_batch(
-                requests, last_position=last_position, versions=versions, idempotency={},
-                stored_events={}, ts_recorded=now,
+                requests,
+                last_position=last_position,
+                versions=versions,
+                idempotency={},
+                stored_events={},
+                ts_recorded=now,
             )
             if any(isinstance(o, Exception) for o in plan.outcomes):
                 # A refusal may rest on what was assumed (a retried append whose events are
@@ -206,14 +192,16 @@ class SqliteEventStore:
                 plan = self._plan_checked(conn, requests, last_position, versions, now)
                 self._insert(conn, plan, now)
             else:
-                conn.execute("SAVEPOINT optimistic")
                 try:
                     self._insert(conn, plan, now)
                 except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK TO optimistic")
+                    # A stored key or event id: undo the batch (its events may be in), and
+                    # resolve it against the stored ones.
+                    conn.execute("ROLLBACK")
+                    last_position, versions = self._begin(conn, requests)
+                    now = utc(self._clock.now())
                     plan = self._plan_checked(conn, requests, last_position, versions, now)
                     self._insert(conn, plan, now)
-                conn.execute("RELEASE optimistic")
             if self._before_commit is not None:
                 self._before_commit(plan.recorded)
             conn.execute("COMMIT")
@@ -228,12 +216,24 @@ class SqliteEventStore:
         return plan.outcomes
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, plan: BatchPlan, now: datetime) -> None:
+    def _begin(conn: sqlite3.Connection, requests: Sequence[AppendRequest]) -> tuple[int, dict[str, int]]:
+        """Take the write lock; return the last position and the batch's stream versions."""
+        conn.execute("BEGIN IMMEDIATE")
+        streams = list(dict.fromkeys(r.stream_id for r in requests))
+        last_position, versions_json = conn.execute(_LAST_POSITION_AND_VERSIONS, (dumps(streams),)).fetchone()
+        return last_position, {s: v for s, v in loads(versions_json).items() if v is not None}
+
+    def _insert(self, conn: sqlite3.Connection, plan: BatchPlan, now: datetime) -> None:
         ts = now.isoformat()
-        if plan.event_rows:
-            conn.executemany(_INSERT_EVENT, [(*r, ts) for r in plan.event_rows])
-        if plan.idempotency_rows:
-            conn.executemany(_INSERT_IDEMPOTENCY, [(*r, ts) for r in plan.idempotency_rows])
+        chunk = self._chunk_rows
+        rows = plan.event_rows
+        for i in range(0, len(rows), chunk):
+            part = rows[i : i + chunk]
+            conn.execute(_insert_sql(_INSERT_EVENTS, 9, len(part)), [v for r in part for v in (*r, ts)])
+        keys = plan.idempotency_rows
+        for i in range(0, len(keys), chunk):
+            key_part = keys[i : i + chunk]
+            conn.execute(_insert_sql(_INSERT_IDEMPOTENCY, 6, len(key_part)), [v for r in key_part for v in (*r, ts)])
 
     @staticmethod
     def _plan_checked(
@@ -266,38 +266,36 @@ class SqliteEventStore:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         state = dumps(snapshot.state)
-        with self._reader() as conn:
-            conn.execute(
-                _SAVE_SNAPSHOT, (snapshot.stream_id, snapshot.version, snapshot.schema, state)
-            )
+        with self._conns.reader() as conn:
+            conn.execute(_SAVE_SNAPSHOT, (snapshot.stream_id, snapshot.version, snapshot.schema, state))
 
     # --- reading -------------------------------------------------------------------
 
     def lookup_idempotency(self, key: str) -> IdempotencyRecord | None:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             row = conn.execute(_IDEMPOTENCY_ONE, (key,)).fetchone()
         return idempotency_from_row(row) if row else None
 
     def read_stream(self, stream_id: str, from_version: int = 1) -> list[RecordedEvent]:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             rows = conn.execute(_READ_STREAM, (stream_id, from_version)).fetchall()
         return [record_from_row(r) for r in rows]
 
     def stream_version(self, stream_id: str) -> int:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             return int(conn.execute(_STREAM_VERSION, (stream_id,)).fetchone()[0])
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             rows = conn.execute(_READ_ALL, (after_position, max(limit, 0))).fetchall()
         return [record_from_row(r) for r in rows]
 
     def last_position(self) -> int:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             return int(conn.execute(_LAST_POSITION).fetchone()[0])
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        with self._reader() as conn:
+        with self._conns.reader() as conn:
             row = conn.execute(_LOAD_SNAPSHOT, (stream_id,)).fetchone()
         return snapshot_from_row(row) if row else None
 
@@ -338,10 +336,4 @@ class SqliteEventStore:
             return
         self._appender.close()
         self._closed = True
-        self._close_connections()
-
-    def _close_connections(self) -> None:
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        self._conns.close()

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import random
 import sqlite3
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +248,83 @@ def default_producer(settings: KafkaSettings) -> Any:
 _END = object()
 
 
+class _Inbox:
+    """Batches from the reader thread to the publisher's event loop, at most ``capacity`` queued.
+
+    ``take`` hands over every queued batch as ONE batch (they are contiguous: the reader
+    reads the log in order), so batches that arrived while the publisher was waiting for
+    acks go out in one publish instead of one each: the relay batches by itself when
+    loaded and adds no delay when idle. The reader wakes the loop directly (no executor
+    thread in between).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int = 4) -> None:
+        self._loop = loop
+        self._slots = threading.Semaphore(capacity)
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self._signalled = False
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """Queue ``item`` (reader thread); False if ``stop`` was set while waiting for room."""
+        while not self._slots.acquire(timeout=0.1):
+            if stop.is_set():
+                return False
+        self._push(item)
+        return True
+
+    def put_end(self) -> None:
+        self._push(_END)  # never blocks: the publisher must learn that the reader ended
+
+    def _push(self, item: Any) -> None:
+        with self._lock:
+            self._items.append(item)
+            signal, self._signalled = not self._signalled, True
+        if signal:  # one wake-up per hand-over, however many batches it carries
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def take(self, max_events: int, timeout: float) -> Any:
+        """The queued batches merged (up to ``max_events``), ``_END``, or None (``timeout``, ``wake``)."""
+        with self._lock:
+            if self._items:
+                return self._pop(max_events)
+            self._signalled = False
+            self._ready.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        with self._lock:
+            return self._pop(max_events) if self._items else None
+
+    def wake(self) -> None:
+        """Make a waiting ``take`` return (event-loop thread)."""
+        self._ready.set()
+
+    def _pop(self, max_events: int) -> Any:
+        # Called with self._lock held.
+        first = self._items[0]
+        if first is _END:
+            return _END
+        self._items.popleft()
+        self._slots.release()
+        if not self._items or self._items[0] is _END or len(first) + len(self._items[0]) > max_events:
+            return first
+        merged = list(first)
+        while self._items and self._items[0] is not _END and len(merged) + len(self._items[0]) <= max_events:
+            merged.extend(self._items.popleft())
+            self._slots.release()
+        return merged
+
+    def drain(self) -> None:
+        """Drop what is queued, freeing the reader if it waits for room."""
+        with self._lock:
+            while self._items:
+                if self._items.popleft() is not _END:
+                    self._slots.release()
+
+
 class Relay:
     """Publishes the event log to Kafka; ``run`` until ``stop`` is set."""
 
@@ -268,6 +345,9 @@ class Relay:
         self._producer: Any = None
         self._topics_ready = not settings.create_topics
         self._prev = 0
+        self._saved = 0
+        self._saving: asyncio.Task[None] | None = None
+        self._last_save = 0.0
         self.stats = RelayStats()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -278,20 +358,19 @@ class Relay:
             if stop.is_set():
                 return
         after = await asyncio.to_thread(self._cp.load, self._name)
-        self._prev = self.stats.position = after
+        self._prev = self._saved = self.stats.position = after
+        self._last_save = time.monotonic()
         log.info("relay.start", name=self._name, topic=self._topic, after=after)
-        batches: queue.Queue[Any] = queue.Queue(maxsize=4)
+        inbox = _Inbox(asyncio.get_running_loop())
         reader_stop = threading.Event()
-        reader = spawn_thread(f"relay-reader-{self._name}", self._read, after, batches, reader_stop)
-        last_save = time.monotonic()
-        unsaved = False
+        reader = spawn_thread(f"relay-reader-{self._name}", self._read, after, inbox, reader_stop)
+        stopping = asyncio.ensure_future(stop.wait())
+        stopping.add_done_callback(lambda _: inbox.wake())
         try:
             while not stop.is_set():
-                item = await self._next(batches, stop, reader_stop)
-                if item is None:
-                    if unsaved:  # idle: make the checkpoint current
-                        await asyncio.to_thread(self._cp.save, self._name, self._prev)
-                        unsaved, last_save = False, time.monotonic()
+                item = await inbox.take(self._settings.relay_batch, 0.2)
+                if item is None:  # idle (or stopping): make the checkpoint current
+                    await self._checkpoint(force=True)
                     continue
                 if item is _END:
                     if reader.error is not None:
@@ -299,22 +378,51 @@ class Relay:
                     return
                 if not await self._publish_until_acked(item, stop):
                     return  # stopped while the broker was failing: that batch stays unsaved
-                unsaved = True
-                now = time.monotonic()
-                if now - last_save >= self._settings.relay_checkpoint_interval or batches.empty():
-                    await asyncio.to_thread(self._cp.save, self._name, self._prev)
-                    unsaved, last_save = False, now
+                await self._checkpoint(force=False)
         finally:
+            stopping.cancel()
             reader_stop.set()
-            with contextlib.suppress(queue.Empty):
-                while True:  # unblock a reader waiting to put
-                    batches.get_nowait()
-            if unsaved:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self._cp.save, self._name, self._prev)
+            inbox.drain()
+            with contextlib.suppress(Exception):
+                await self._reap(wait=True)
+            with contextlib.suppress(Exception):
+                await self._checkpoint(force=True, wait=True)
             await self._drop_producer()
             await asyncio.to_thread(reader.finished.wait, 10)
             log.info("relay.stopped", name=self._name, position=self._prev, published=self.stats.published)
+
+    async def _checkpoint(self, *, force: bool, wait: bool = False) -> None:
+        """Save the last acknowledged position, at most every ``relay_checkpoint_interval``.
+
+        The save runs beside the publishing, one at a time: the next batch does not wait
+        for it. A checkpoint behind the broker only means re-publishing a little after a
+        restart (consumers drop duplicates). A failed save is raised by a later call.
+        """
+        await self._reap(wait=False)
+        if self._saving is not None or self._prev <= self._saved:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < self._settings.relay_checkpoint_interval:
+            return
+        self._last_save = now
+        self._saving = asyncio.ensure_future(self._save(self._prev))
+        if wait:
+            await self._reap(wait=True)
+
+    async def _reap(self, *, wait: bool) -> None:
+        """Collect the running save if it ended (``wait``: once it ends); raise its failure."""
+        saving = self._saving
+        if saving is None:
+            return
+        if wait:
+            await asyncio.wait((saving,))
+        if saving.done():
+            self._saving = None
+            saving.result()
+
+    async def _save(self, position: int) -> None:
+        await asyncio.to_thread(self._cp.save, self._name, position)
+        self._saved = max(self._saved, position)
 
     async def _locked(self, stop: asyncio.Event) -> bool:
         try:
@@ -327,33 +435,14 @@ class Relay:
             await asyncio.wait_for(stop.wait(), 2.0)
         return False
 
-    def _read(self, after: int, out: queue.Queue[Any], stop: threading.Event) -> None:
+    def _read(self, after: int, out: _Inbox, stop: threading.Event) -> None:
         try:
             for batch in self._store.subscribe(after, stop=stop, batch=self._settings.relay_batch,
                                                poll_interval=self._settings.relay_poll_interval):
-                while not stop.is_set():
-                    try:
-                        out.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                if not out.put(batch, stop):
+                    return
         finally:
-            with contextlib.suppress(queue.Full):
-                out.put(_END, timeout=1.0)
-
-    async def _next(self, batches: queue.Queue[Any], stop: asyncio.Event, reader_stop: threading.Event) -> Any:
-        try:
-            return batches.get_nowait()
-        except queue.Empty:
-            pass
-        # Block in a thread, in short slices so that ``stop`` is seen promptly.
-        def get() -> Any:
-            try:
-                return batches.get(timeout=0.2)
-            except queue.Empty:
-                return None
-
-        return await asyncio.to_thread(get)
+            out.put_end()
 
     # --- publishing -----------------------------------------------------------------------
 

@@ -102,7 +102,9 @@ class _Layout:
             self.stage[s.name] = f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {t}) ON COMMIT DROP"
             self.copy_stage[s.name] = f"COPY {stage} ({names}) FROM STDIN"
             aliases = [f"c{i}" for i in range(len(cols))]
-            arrays = ", ".join(["%s::text[]"] * (2 + len(cols)))
+            # Binary parameters (%b): a text-format array escapes every quote of every JSON
+            # document with a regular expression, ~25 times the cost of the binary dump.
+            arrays = ", ".join(["%b::text[]"] * (2 + len(cols)))
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in ["doc", *cols])
             self.upsert[s.name] = (
                 f"INSERT INTO {t} (key, doc{''.join(', ' + c for c in cols)})"
@@ -114,7 +116,7 @@ class _Layout:
                 f"INSERT INTO {t} ({names}) SELECT {names} FROM {stage}"
                 f" ON CONFLICT (key) DO UPDATE SET {sets}"
             )
-            self.delete[s.name] = f"DELETE FROM {t} WHERE key = ANY(%s::text[])"
+            self.delete[s.name] = f"DELETE FROM {t} WHERE key = ANY(%b::text[])"
             self.get[s.name] = f"SELECT doc::text FROM {t} WHERE key = %s"
 
     def spec(self, table: str) -> TableSpec:

@@ -8,7 +8,6 @@ decision into orders with exact Decimal amounts.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -94,7 +93,7 @@ class Bars:
 
 
 def _fmt(v: float) -> str:
-    return "nan" if math.isnan(v) else repr(float(v))
+    return "nan" if v != v else repr(float(v))  # (only NaN differs from itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +124,15 @@ class SignalFrame:
 
     def at(self, i: int) -> Signal | None:
         """The signal at bar ``i``, or None when the strategy holds there."""
-        a = int(self.action[i])
+        a = self.action.item(i)
         if a == 0:
             return None
         return Signal(
             index=i,
             action=Action(a),
-            strength=float(self.strength[i]),
-            confidence=float(self.confidence[i]),
-            indicators={k: _fmt(float(v[i])) for k, v in self.indicators.items()},
+            strength=self.strength.item(i),
+            confidence=self.confidence.item(i),
+            indicators={k: _fmt(v.item(i)) for k, v in self.indicators.items()},
         )
 
     @classmethod

@@ -43,7 +43,15 @@ def decimal_places(x: Array, max_places: int = 8) -> int | None:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0 or not bool(np.all(np.isfinite(x))):
         return None
-    for d in range(max_places + 1):
+    start = 0
+    if x.size > 4096:
+        # The whole needs at least the places of any part: decide on a part first (full
+        # precision data fails there at once instead of after a pass per place count).
+        head = decimal_places(x[:4096], max_places)
+        if head is None:
+            return None
+        start = head
+    for d in range(start, max_places + 1):
         scale = 10.0**d
         scaled = np.round(x * scale)
         if np.abs(scaled).max(initial=0.0) >= _MAX_EXACT:

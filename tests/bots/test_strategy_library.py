@@ -151,3 +151,14 @@ def test_ensemble_votes_with_weights():
     for i in np.flatnonzero(heavy.action == 1):
         assert stances[i] == 1
     assert heavy.signal_indices().size > 0
+
+
+def test_decimal_places_of_a_long_series_is_decided_on_the_whole_series():
+    prices = np.round(np.linspace(100.0, 200.0, 10_000), 2)
+    assert ind.decimal_places(prices) == 2
+    prices[9_000] = 123.4567  # beyond the prefix the shortcut looks at first
+    assert ind.decimal_places(prices) == 4
+    prices[9_000] = 1.0 / 3.0
+    assert ind.decimal_places(prices) is None
+    full = np.random.default_rng(1).normal(100.0, 1.0, 10_000)  # full float precision: no exact scale
+    assert ind.decimal_places(full) is None

@@ -1052,6 +1052,19 @@ def test_postgres_writer_reconnects_when_its_connection_was_killed(postgres_dsn:
         store.close()
 
 
+def test_append_larger_than_one_insert_statement_stores_every_event_in_order(store: EventStore) -> None:
+    # SQLite writes a batch with multi-row INSERTs of at most 256 rows (bound-parameter limits).
+    events = [note(n=i, idempotency_key="big") for i in range(600)]
+
+    out = store.append("acct-big", events, 0, idempotency=idem("k-big"))
+
+    assert [r.version for r in out] == list(range(1, 601))
+    back = store.read_stream("acct-big")
+    assert [r.event.n for r in back] == list(range(600))  # type: ignore[attr-defined]
+    assert positions(back) == positions(out)
+    assert store.lookup_idempotency("k-big") == idem("k-big")
+
+
 def test_open_event_store_picks_memory_and_sqlite_from_the_url(tmp_path: Path) -> None:
     clock = ManualClock()
     memory = open_event_store("memory://", clock)

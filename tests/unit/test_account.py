@@ -1168,6 +1168,22 @@ def test_snapshot_survives_json_storage():
     assert restored.to_snapshot() == acc.to_snapshot()
 
 
+def test_an_open_order_adds_one_object_for_the_garbage_collector():
+    # Accounts live long and every full collection walks what they hold: an open order keeps
+    # plain str and Decimal values (untracked), not the events' value-type instances.
+    import gc
+    from enum import Enum
+
+    acc = new_account()
+    accepted = place(acc, order_type=OrderType.LIMIT, limit_price="49000", take_profit="60000", stop_loss="40000")
+
+    order = acc.s.orders[accepted.order_id]
+    values = {name: getattr(order, name) for name in order.__slots__}
+    tracked = [name for name, v in values.items() if gc.is_tracked(v) and not isinstance(v, Enum)]  # enums: shared
+    assert tracked == []
+    assert order.symbol == BTC and order.quantity == D("0.1") and order.limit_price == D("49000")
+
+
 def test_replaying_the_emitted_events_rebuilds_the_live_state():
     acc = _busy_account()
 

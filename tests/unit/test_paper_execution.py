@@ -404,3 +404,39 @@ def test_negative_fee_or_slippage_is_refused(h):
         PaperExecution(h.bus, h.store, h.prices, h.clock, fee_bps=Decimal(-1))
     with pytest.raises(ValueError):
         PaperExecution(h.bus, h.store, h.prices, h.clock, slippage_bps=Decimal(-1))
+
+
+# --- what a price would act on (the runner skips the others in simulated time) ---------------------
+
+
+def test_venue_watches_a_pair_while_a_working_order_could_fill(h):
+    paper = venue(h)
+    assert not paper.watches(BTC)  # nothing working, nothing open
+
+    paper.on_price(BTC, D("50000"))
+    order(h, paper, order_type=OrderType.LIMIT, limit_price=D("49000"))
+    assert paper.watches(BTC)
+    paper.on_price(BTC, D("49000"))
+
+    assert len(fills(h)) == 1
+    assert not paper.watches(BTC)  # a position without take-profit or stop-loss reacts to no price
+
+
+def test_venue_watches_a_pair_while_a_position_exit_could_trigger(h):
+    paper = venue(h)
+    _long_with_exits(h, paper)
+    assert paper.watches(BTC) and not paper.watches(ETH)
+
+    paper.on_price(BTC, D("52000"))
+
+    assert len(h.of_type("PositionClosed")) == 1
+    assert not paper.watches(BTC)
+
+
+def test_venue_watches_while_events_are_left_to_catch_up_on(h):
+    paper = venue(h)
+    paper.on_price(BTC, D("50000"))
+    h.bus.handle(PlaceOrder(account_id=ACCOUNT_ID, symbol=BTC, side=Side.BUY, quantity=D("0.1")))
+    assert paper.watches(BTC)  # the order is in the log, not yet seen by the venue
+    paper.catch_up()
+    assert fills(h) and not paper.watches(BTC)
