@@ -14,7 +14,8 @@ Each backend is measured in its own process (a fresh heap): in-memory event stor
 in-memory read store, SQLite -> SQLite (``bench/.data/read-N.db``), PostgreSQL ->
 PostgreSQL (schema ``read_N``). The time is one ``streams.rebuild.rebuild`` of all
 projections in one pass: reading and decoding the log, applying every projection,
-flushing, swapping. The last line printed is one JSON object:
+flushing, swapping (``cpu_seconds``: this process's CPU time over the same span, the
+steadier figure on a busy machine). The last line printed is one JSON object:
 ``{"bench":"rebuild","events":N,"memory_ev_s":...,"sqlite_ev_s":...,"postgres_ev_s":...}``.
 """
 
@@ -257,6 +258,7 @@ def measure(backend: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     with progress_bar() as bar:
         task = bar.add_task(f"rebuild {backend}", total=n, rate="")
         started = time.perf_counter()
+        cpu_started = time.process_time()
 
         def on_progress(p: RebuildProgress) -> None:
             elapsed = time.perf_counter() - started
@@ -264,11 +266,15 @@ def measure(backend: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
 
         results = rebuild(store, read_store, ALL_PROJECTIONS, progress=on_progress)
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
     failed = [r.name for r in results if not r.ok]
     if failed:
         raise SystemExit(f"{backend}: projections failed: {failed}: {[r.error for r in results if not r.ok]}")
     out: dict[str, Any] = {
         "backend": backend, "events": n, "seconds": round(seconds, 3), "ev_s": round(n / seconds),
+        # This process's CPU (every thread; not the database server's): steadier than the
+        # wall clock on a busy machine.
+        "cpu_seconds": round(cpu_seconds, 3), "cpu_us_per_event": round(cpu_seconds / n * 1e6, 2),
         "rows": {r.name: r.rows for r in results},
     }
     if args.per_projection and backend == "memory":
@@ -321,7 +327,8 @@ def main() -> None:
 
         result = orjson.loads(proc.stdout.strip().splitlines()[-1])
         console.print(f"{backend:9s} {result['events']:,} events in {result['seconds']:.2f}s = "
-                      f"[bold]{result['ev_s']:,} ev/s[/] (rows {sum(result['rows'].values()):,})")
+                      f"[bold]{result['ev_s']:,} ev/s[/] (rows {sum(result['rows'].values()):,}; "
+                      f"{result['cpu_us_per_event']} us CPU per event in this process)")
         if "alone_ev_s" in result:
             console.print("  each projection rebuilt alone (ev/s): "
                           + ", ".join(f"{k} {v:,}" for k, v in result["alone_ev_s"].items()))

@@ -209,17 +209,51 @@ def _encode_expr(tp: Any, enc: Conv, expr: str, slot: str, names: dict[str, Any]
 
 
 def _compile_decoder(cls: type) -> Callable[[dict[str, JSON]], Any]:
+    # Generated once per class, like the encoder: one constructor call with item reads and
+    # converter calls (events are decoded on every replay, rebuild and Kafka delivery). A
+    # payload that lacks a field takes the general path, which fills defaults or reports
+    # what is missing.
     fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
     required = {
         f.name
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
 
-    def decode(data: dict[str, JSON]) -> Any:
+    def general(data: dict[str, JSON]) -> Any:
         missing = required.difference(data)
         if missing:
             raise ValidationFailed(f"{cls.__name__} payload lacks {sorted(missing)}")
         return cls(**{name: dec(data[name]) for name, _, dec in fields if name in data})
 
+    names: dict[str, Any] = {"_cls": cls, "_general": general}
+    args = [
+        f"{name}={_decode_expr(hints[name], dec, f'data[{name!r}]', f'_c{i}', names)}"
+        for i, (name, _, dec) in enumerate(fields)
+    ]
+    source = (
+        "def decode(data):\n"
+        "    try:\n"
+        f"        return _cls({', '.join(args)})\n"
+        "    except KeyError:\n"
+        "        return _general(data)\n"
+    )
+    exec(compile(source, f"<decoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
+    decode: Callable[[dict[str, JSON]], Any] = names["decode"]
     return decode
+
+
+def _decode_expr(tp: Any, dec: Conv, expr: str, slot: str, names: dict[str, Any]) -> str:
+    """An expression decoding ``expr`` (an item read) like ``dec`` does."""
+    if dec is _identity:
+        return expr
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        _, inner_dec = _converters(inner[0])
+        if inner_dec is _identity:
+            return expr
+        names[slot] = inner_dec
+        return f"(None if (_v := {expr}) is None else {slot}(_v))"
+    names[slot] = dec
+    return f"{slot}({expr})"

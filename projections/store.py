@@ -7,8 +7,10 @@ checkpoint, applies later events through a ``ReadModel`` and hands the changed r
 guarded by the checkpoint the runner started from, so a re-delivered batch or a second
 runner on the same projection can never apply an effect twice.
 
-A rebuild writes a fresh copy (``begin_rebuild``), then ``swap`` writes its last rows,
-its checkpoint and the active pointer in one transaction and drops the old copy. A live
+A rebuild writes a fresh copy (``begin_rebuild``), then ``swap`` writes its last rows
+and its checkpoint in one transaction, makes it the active copy (in the same transaction,
+or right after it while the rebuild lock still keeps the copy to itself: a crash in
+between leaves an inactive copy that the next rebuild drops), and drops the old copy. A live
 runner still writing the old copy gets ``StaleCopy`` on its next read or commit, and
 continues from the new copy's checkpoint: nothing is lost around the swap.
 
@@ -157,10 +159,11 @@ class ReadStore(Protocol):
         *,
         last_event_ts: datetime | None = None,
     ) -> None:
-        """Make ``copy`` active: last rows, checkpoint and pointer in ONE transaction.
+        """Make ``copy`` active: last rows and checkpoint in ONE transaction, then the pointer.
 
-        Then drop the previous copy and release the rebuild lock. ``changes`` are handed
-        over: the caller must not change those rows afterwards.
+        Then drop the previous copy and release the rebuild lock. Swaps of different
+        projections may run at once (from several threads). ``changes`` are handed over:
+        the caller must not change those rows afterwards.
         """
         ...
 
@@ -216,12 +219,42 @@ def index_key(value: Any) -> str | None:
         tz = value.tzinfo
         if tz is not UTC:
             value = value.replace(tzinfo=UTC) if tz is None else value.astimezone(UTC)
+        elif t is datetime:
+            return _utc_key(value)
         # ISO text without the offset sorts by instant: a missing fraction sorts first.
         iso: str = value.isoformat()
         return "t" + iso[:-6]
     if isinstance(value, date):
         return "d" + value.isoformat()
     raise TypeError(f"{type(value).__name__} values cannot be indexed or sorted: {value!r}")
+
+
+_UTC_CACHE_MAX = 100_000
+"""Distinct datetimes whose text each cache keeps (then it starts afresh)."""
+_UTC_KEYS: dict[datetime, str] = {}
+_UTC_TEXTS: dict[datetime, str] = {}
+
+
+def _utc_key(value: datetime) -> str:
+    # Formatting a datetime costs more than encoding the rest of a row, and the rows a
+    # rebuild writes share their timestamps (an event's time is in several rows). Equal
+    # datetimes in UTC have equal text (same fields, fixed offset; fold plays no part).
+    key = _UTC_KEYS.get(value)
+    if key is None:
+        if len(_UTC_KEYS) >= _UTC_CACHE_MAX:
+            _UTC_KEYS.clear()
+        key = _UTC_KEYS[value] = "t" + value.isoformat()[:-6]
+    return key
+
+
+def utc_text(value: datetime) -> str:
+    """``str(value)`` of a ``datetime`` in ``UTC`` (exact type), formatted once per instant."""
+    text = _UTC_TEXTS.get(value)
+    if text is None:
+        if len(_UTC_TEXTS) >= _UTC_CACHE_MAX:
+            _UTC_TEXTS.clear()
+        text = _UTC_TEXTS[value] = str(value)
+    return text
 
 
 def _number_key(d: Decimal) -> str:
@@ -397,6 +430,25 @@ class MemoryTables:
             return iter([(k, rows[k]) for k in keys if matches(rows[k], rest)])
         return iter([(k, rows[k]) for k in keys])
 
+    def load(self, table: str, rows: Mapping[str, Row | None]) -> None:
+        """Put many rows at once (``None`` deletes); rows are kept by reference."""
+        t = self._t(table)
+        if t.fields:
+            for key, row in rows.items():
+                if row is None:
+                    self.delete(table, key)
+                else:
+                    _reindex(t, key, row)
+                    t.rows[key] = row
+            return
+        gone = [key for key, row in rows.items() if row is None]
+        if gone:
+            for key in gone:
+                t.rows.pop(key, None)
+            t.rows.update((key, row) for key, row in rows.items() if row is not None)
+        else:
+            t.rows.update(rows)  # type: ignore[arg-type]  # no None among them
+
     def clear(self) -> None:
         for t in self._tables.values():
             t.rows.clear()
@@ -485,6 +537,47 @@ def evaluate_query(spec: TableSpec, query: Query, candidates: Iterable[tuple[str
         ordered = sorted(items, key=lambda e: e[0])
     page = ordered[query.offset : query.offset + query.limit]
     return Page(items=[row for _, row in page], total=len(ordered), limit=query.limit, offset=query.offset)
+
+
+class ReplayModel:
+    """A ``ReadModel`` holding every row of a copy that is written once, at the end.
+
+    For a rebuild into an empty copy without intermediate flushes: nothing is read from
+    the store and no change is tracked, since every row is new; ``take_changes`` hands
+    all rows over (by reference).
+    """
+
+    __slots__ = ("_mem", "_tabs", "complete")
+
+    def __init__(self, tables: Iterable[TableSpec]) -> None:
+        self._mem = MemoryTables(tables)
+        self._tabs = self._mem._tables
+        self.complete = True
+
+    def get(self, table: str, key: str) -> Row | None:
+        return self._tabs[table].rows.get(key)
+
+    def put(self, table: str, key: str, row: Row) -> None:
+        t = self._tabs[table]
+        if t.fields:
+            _reindex(t, key, row)
+        t.rows[key] = row
+
+    def delete(self, table: str, key: str) -> None:
+        self._mem.delete(table, key)
+
+    def find(self, table: str, **equals: Any) -> Iterator[tuple[str, Row]]:
+        return self._mem.find(table, **equals)
+
+    def take_changes(self) -> dict[str, dict[str, Row | None]]:
+        """Every row, by table (the copy was empty, so nothing needs deleting)."""
+        return self._mem.tables()  # type: ignore[return-value]
+
+    def trim(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._mem)
 
 
 class WriteBackModel:

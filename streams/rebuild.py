@@ -3,8 +3,9 @@
 One pass over the log feeds every projection being rebuilt (each event is read and
 decoded once). Rows stay in memory (a ``WriteBackModel`` over the empty new copy); when
 the replay reaches the head of the log (or ``to_position``), ``swap`` writes them in one
-big batch (COPY / executemany) with the checkpoint and the active pointer in ONE
-transaction, builds the copy's secondary indexes, and drops the old copy. With
+big batch (COPY / executemany, in key order) with the checkpoint in ONE transaction,
+builds the copy's secondary indexes, makes it active and drops the old copy; a few
+projections swap at once, so the database loads one while Python encodes another. With
 ``max_rows`` (bounded memory) rows are also flushed every ``flush_every`` events.
 
 Writers go on appending meanwhile: the replay runs to the head seen at its start, then
@@ -26,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
@@ -37,7 +39,7 @@ import domain.bot  # noqa: F401  (registers the bot events: a log is decoded by 
 from commands.ports import EventStore
 from domain.envelope import RecordedEvent
 from projections.base import Projection, ReadModel
-from projections.store import Changes, ReadStore, WriteBackModel, projection_instance
+from projections.store import Changes, ReadStore, ReplayModel, WriteBackModel, projection_instance
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +77,7 @@ class RebuildResult:
 class _Slot:
     projection: Projection
     copy: int
-    model: WriteBackModel
+    model: WriteBackModel | ReplayModel
     result: RebuildResult
     flushed: int = 0
     swapped: bool = False
@@ -87,6 +89,8 @@ class _Slot:
 
 
 _type_of = attrgetter("type")
+_SWAP_WORKERS = 3
+"""Swaps running at once (each on its own read-store connection)."""
 _CATCH_UP_ROUNDS = 3
 """Rounds of catching up with writers after the replay reached the head seen at its start."""
 
@@ -172,9 +176,13 @@ def rebuild(
         for p in instances:
             copy = read_store.begin_rebuild(p)
             base = read_store.load_model(p.name, copy)
+            # Without flushes every row is written once, by the swap: nothing to track.
+            model: WriteBackModel | ReplayModel = (
+                ReplayModel(p.tables) if flush_every is None
+                else WriteBackModel(p.tables, base, complete=True, max_rows=max_rows)
+            )
             slots.append(_Slot(
-                projection=p, copy=copy, result=RebuildResult(name=p.name, copy=copy),
-                model=WriteBackModel(p.tables, base, complete=True, max_rows=max_rows),
+                projection=p, copy=copy, result=RebuildResult(name=p.name, copy=copy), model=model,
             ))
         head = store.last_position()
         if to_position is not None:
@@ -188,20 +196,7 @@ def rebuild(
             raise KeyboardInterrupt("rebuild stopped")
         if progress is not None:
             progress(RebuildProgress(position, max(head, position), events, "swap"))
-        for slot in slots:
-            if slot.failed:
-                continue
-            changes = slot.model.take_changes()
-            if not slot.model.complete:
-                _count_rows(slot, changes)
-            read_store.swap(
-                slot.projection.name, slot.copy, changes, position if position > slot.flushed else None,
-                last_event_ts=last_ts,
-            )
-            slot.swapped = True
-            slot.result.position = max(position, slot.flushed)
-            if slot.model.complete:
-                slot.result.rows = len(slot.model)
+        _swap_all(read_store, [s for s in slots if not s.failed], position, last_ts)
         elapsed = time.perf_counter() - started
         for slot in slots:
             slot.result.events = events
@@ -241,7 +236,7 @@ def _replay(
 
     Returns (last position, its ``ts_recorded``, events read per type).
     """
-    routes: dict[str, list[_Slot]] = {}
+    routes: dict[str, list[tuple[Callable[[ReadModel, RecordedEvent], None], ReadModel, _Slot]]] = {}
     types: Counter[str] = Counter()
     position = 0
     last_ts: datetime | None = None
@@ -257,11 +252,11 @@ def _replay(
                 targets = routes.get(rec.type)
                 if targets is None:
                     targets = routes[rec.type] = [
-                        s for s in slots if not s.failed and rec.type in s.projection.handles
+                        (s.apply, s.model, s) for s in slots if not s.failed and rec.type in s.projection.handles
                     ]
-                for slot in targets:
+                for apply, model, slot in targets:
                     try:
-                        slot.apply(slot.model, rec)
+                        apply(model, rec)
                     except Exception as exc:
                         _fail(slot, exc, rec, read_store)
                         routes.clear()
@@ -286,6 +281,36 @@ def _replay(
         if target <= position or target - position > (position - round_start) // 2:
             break
     return position, last_ts, types
+
+
+def _swap_all(read_store: ReadStore, slots: list[_Slot], position: int, last_ts: datetime | None) -> None:
+    """Swap every slot in; a few at a time, so one's rows are encoded while the database
+    writes and indexes another's. Raises the first failure once all have finished."""
+
+    def swap(slot: _Slot) -> None:
+        changes = slot.model.take_changes()
+        if not slot.model.complete:
+            _count_rows(slot, changes)
+        read_store.swap(
+            slot.projection.name, slot.copy, changes, position if position > slot.flushed else None,
+            last_event_ts=last_ts,
+        )
+        slot.swapped = True
+        slot.result.position = max(position, slot.flushed)
+        if slot.model.complete:
+            slot.result.rows = len(slot.model)
+
+    if len(slots) <= 1:
+        for slot in slots:
+            swap(slot)
+        return
+    # Largest first: the long swaps start at once and the small ones fill in around them.
+    ordered = sorted(slots, key=lambda s: len(s.model), reverse=True)
+    with ThreadPoolExecutor(max_workers=min(_SWAP_WORKERS, len(ordered)), thread_name_prefix="swap") as pool:
+        futures = [pool.submit(swap, slot) for slot in ordered]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
 
 
 def _count_rows(slot: _Slot, changes: Changes) -> None:

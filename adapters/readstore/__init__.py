@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -20,10 +20,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from projections.base import Query, Row, TableSpec
-from projections.store import ReadStore, index_key, materialised_fields
+from projections.store import ReadStore, index_key, materialised_fields, utc_text
 
 _TAG = "\x01"
 _OPTS = orjson.OPT_PASSTHROUGH_DATETIME
+_UTC = UTC
 
 
 def open_read_store(url: str) -> ReadStore:
@@ -77,7 +78,11 @@ def encode_row(row: Row) -> bytes:
 
     def default(value: Any) -> Any:
         nonlocal tagged
-        if _TAGGABLE.get(type(value)) or _taggable(type(value)):
+        t = type(value)
+        if t is datetime and value.tzinfo is _UTC:
+            tagged += 1
+            return _TAG + utc_text(value)
+        if _TAGGABLE.get(t) or _taggable(t):
             tagged += 1
             return _TAG + str(value)
         raise TypeError(f"{type(value).__name__} cannot be stored in a read-model row: {value!r}")
@@ -211,8 +216,13 @@ def column(field: str) -> str:
 
 
 def row_params(key: str, row: Row, cols: tuple[str, ...]) -> tuple[Any, ...]:
+    out: list[Any] = [key, encode_row(row).decode()]
     get = row.get
-    return (key, encode_row(row).decode(), *[index_key(get(f)) for f in cols])
+    for f in cols:
+        v = get(f)
+        # Most indexed values are strings (ids, symbols, statuses): no call for them.
+        out.append("s" + v if type(v) is str else index_key(v))
+    return tuple(out)
 
 
 def where_clause(query_equals: Iterable[tuple[str, Any]], mark: str) -> tuple[list[str], list[Any]]:

@@ -164,9 +164,15 @@ class MemoryReadStore:
         own = clone if not swap else _same
         tables = c.tables
         undo: list[tuple[str, str, Row | None]] = []
+        # A swap into a copy that holds nothing yet (a rebuild that never flushed) loads
+        # the rows in bulk; undoing it empties the copy again.
+        bulk = swap and len(tables) == 0
         state = (c.position, c.last_event_ts, c.updated_at, c.error, c.rebuilt_at)
         try:
             for table, rows in (changes or {}).items():
+                if bulk:
+                    tables.load(table, rows)
+                    continue
                 for key, row in rows.items():
                     undo.append((table, key, tables.get(table, key)))
                     if row is None:
@@ -185,6 +191,8 @@ class MemoryReadStore:
             if self.fault is not None:
                 self.fault("commit")
         except BaseException:
+            if bulk:
+                tables.clear()
             for table, key, old in reversed(undo):
                 if old is None:
                     tables.delete(table, key)

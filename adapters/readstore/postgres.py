@@ -382,8 +382,8 @@ class PostgresReadStore:
                     if len(dels) == len(rows):
                         continue
                     cols = layout.columns[table]
-                    puts = [row_params(k, r, cols) for k, r in rows.items() if r is not None]
-                    if len(puts) < _COPY_FROM:
+                    if len(rows) - len(dels) < _COPY_FROM:
+                        puts = [row_params(k, r, cols) for k, r in rows.items() if r is not None]
                         cur.execute(layout.upsert[table], _columns(puts, 2 + len(cols)))
                         continue
                     empty = cur.execute(f"SELECT NOT EXISTS (SELECT FROM {layout.qualified[table]})").fetchone()
@@ -392,9 +392,12 @@ class PostgresReadStore:
                     # into a non-empty table it goes through a staging table and an upsert.
                     if not direct:
                         cur.execute(layout.stage[table])
+                    # In key order the primary key B-tree is appended to, not split at
+                    # random pages; rows are encoded as they stream out, not all held first.
                     with cur.copy(layout.copy[table] if direct else layout.copy_stage[table]) as out:
-                        for params in puts:
-                            out.write_row(params)
+                        for k, r in sorted(rows.items()):
+                            if r is not None:
+                                out.write_row(row_params(k, r, cols))
                     if not direct:
                         cur.execute(layout.merge[table])
                         cur.execute(f'TRUNCATE "stage_{layout.sql_names[table]}"')
@@ -545,7 +548,12 @@ class PostgresReadStore:
         *,
         last_event_ts: datetime | None = None,
     ) -> None:
-        with self._tx() as conn:
+        # The copy's last rows, its checkpoint and its indexes in one transaction that
+        # touches this copy only (the rebuild lock keeps everyone else off it), so the
+        # swaps of several projections load in parallel; then the pointer moves under the
+        # schema lock. A crash in between leaves a complete copy that is not active: the
+        # live copy goes on serving and the next rebuild drops it.
+        with self._pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 f"SELECT position, last_event_ts FROM {self._t('projection_checkpoints')}"
                 " WHERE name = %s AND copy = %s FOR UPDATE",
@@ -561,6 +569,12 @@ class PostgresReadStore:
             self._checkpoint(conn, name, copy, position, last_event_ts, rebuilt=True)
             for statement in self._layout(conn, name, copy).indexes:
                 conn.execute(statement)
+        with self._tx() as conn:
+            if conn.execute(
+                f"SELECT 1 FROM {self._t('projection_checkpoints')} WHERE name = %s AND copy = %s",
+                (name, copy),
+            ).fetchone() is None:
+                raise StaleCopy(name, copy, "copy is gone")
             old = conn.execute(
                 f"SELECT copy FROM {self._t('projection_active')} WHERE name = %s FOR UPDATE", (name,)
             ).fetchone()

@@ -116,6 +116,10 @@ def _lease_alive(owner: str) -> bool:
         return False
 
 
+_SORT_FROM = 1000
+"""Rows per table from which a write goes in key order."""
+
+
 def _ts(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -389,12 +393,16 @@ class SqliteReadStore:
                 if table not in layout.upsert:
                     raise UnknownTable(f"projection {name} has no table {table!r}")
                 cols = layout.columns[table]
-                puts = [row_params(k, r, cols) for k, r in rows.items() if r is not None]
                 dels = [(k,) for k, r in rows.items() if r is None]
                 if dels:
                     conn.executemany(layout.delete[table], dels)
-                if puts:
-                    conn.executemany(layout.upsert[table], puts)
+                if len(dels) < len(rows):
+                    # In key order the primary key B-tree is appended to, not split at
+                    # random pages (a rebuild writes hundreds of thousands of rows).
+                    items = sorted(rows.items()) if len(rows) >= _SORT_FROM else rows.items()
+                    conn.executemany(
+                        layout.upsert[table], (row_params(k, r, cols) for k, r in items if r is not None)
+                    )
         if self.fault is not None:
             self.fault("rows")
 

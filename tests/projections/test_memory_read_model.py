@@ -7,7 +7,7 @@ import pytest
 
 from projections.base import Query, TableSpec
 from projections.memory import InMemoryReadModel
-from projections.store import UnknownTable
+from projections.store import MemoryTables, UnknownTable
 
 SPEC = TableSpec("items", indexes=("account_id", "status"), order_by="ts")
 
@@ -68,3 +68,14 @@ def test_query_filters_ranges_sorts_newest_first_and_pages_copies() -> None:
 def test_unknown_tables_are_refused() -> None:
     with pytest.raises(UnknownTable):
         make().put("nope", "k", {})
+
+
+def test_bulk_load_puts_rows_deletes_nones_and_keeps_built_indexes_current() -> None:
+    spec = TableSpec("orders", indexes=("account_id",))
+    tables = MemoryTables([spec])
+    tables.load("orders", {"o1": {"account_id": "a1"}, "o2": {"account_id": "a2"}, "o3": None})
+    assert tables.tables()["orders"] == {"o1": {"account_id": "a1"}, "o2": {"account_id": "a2"}}
+    assert [k for k, _ in tables.find("orders", account_id="a1")] == ["o1"]  # builds the index
+    tables.load("orders", {"o1": None, "o4": {"account_id": "a1"}})
+    assert [k for k, _ in tables.find("orders", account_id="a1")] == ["o4"]
+    assert sorted(tables.tables()["orders"]) == ["o2", "o4"]

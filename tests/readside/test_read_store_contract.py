@@ -339,3 +339,21 @@ def test_an_error_is_stored_and_cleared_by_the_next_commit(store: ReadStore) -> 
     assert store.copies("things")[0].error == "ZeroDivisionError: boom"
     store.commit("things", {}, 3)
     assert store.copies("things")[0].error is None
+
+
+def test_utc_datetimes_encode_and_index_the_same_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import projections.store as store_module
+    from adapters.readstore import decode_row, encode_row
+    from projections.store import index_key
+
+    monkeypatch.setattr(store_module, "_UTC_CACHE_MAX", 3)  # forces the caches to start afresh
+    cest = timezone(timedelta(hours=2))
+    values = [T0, T0 + timedelta(microseconds=5), T0.astimezone(cest), T0.replace(tzinfo=None), T0, T0]
+    for v in values * 2:
+        row = {"at": v, "also": v, "day": v.date()}
+        assert encode_row(row).decode().count("\\u0001") == 3
+        assert decode_row(encode_row(row)) == row
+        assert str(decode_row(encode_row(row))["at"]) == str(v)
+        expected = "t" + (v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)).isoformat()[:-6]
+        assert index_key(v) == expected
+    assert index_key(T0) < index_key(T0 + timedelta(microseconds=5)) < index_key(T0 + timedelta(seconds=1))

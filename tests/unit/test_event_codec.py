@@ -303,6 +303,22 @@ def test_payload_missing_a_required_field_is_a_validation_error():
         EVENT_TYPES.from_data("FundsDeposited", 1, {"account_id": "acc-1", "at": AT.isoformat()})
 
 
+def test_payload_without_a_field_that_has_a_default_decodes_to_the_default():
+    @dataclass(frozen=True, kw_only=True, slots=True)
+    class Tagged(Event):
+        account_id: str
+        note: str | None = None
+        amount: Price | None = None
+
+    registry = EventRegistry()
+    registry.register(Tagged)
+    assert registry.from_data("Tagged", 1, {"account_id": "acc-1"}) == Tagged(account_id="acc-1")
+    full = registry.from_data("Tagged", 1, {"account_id": "acc-1", "note": "n", "amount": "1.50"})
+    assert full == Tagged(account_id="acc-1", note="n", amount=Price("1.50"))
+    with pytest.raises(ValidationFailed, match="account_id"):
+        registry.from_data("Tagged", 1, {"note": "n"})
+
+
 def test_same_event_name_from_another_module_is_refused():
     registry = EventRegistry()
     registry.register(FundsDeposited)
