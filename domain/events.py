@@ -186,25 +186,25 @@ def _compile_encoder(cls: type) -> Callable[[Any], dict[str, JSON]]:
     names: dict[str, Any] = {}
     items = []
     for i, (name, enc, _) in enumerate(_fields(cls)):
-        items.append(f"{name!r}: {_encode_expr(hints[name], enc, f'obj.{name}', f'_c{i}', names)}")
+        items.append(f"{name!r}: {_convert_expr(hints[name], enc, f'obj.{name}', f'_c{i}', names, 0)}")
     source = "def encode(obj):\n    return {" + ", ".join(items) + "}\n"
     exec(compile(source, f"<encoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
     encode: Callable[[Any], dict[str, JSON]] = names["encode"]
     return encode
 
 
-def _encode_expr(tp: Any, enc: Conv, expr: str, slot: str, names: dict[str, Any]) -> str:
-    """An expression encoding ``expr`` (a field read) like ``enc`` does."""
-    if enc is _identity:
+def _convert_expr(tp: Any, conv: Conv, expr: str, slot: str, names: dict[str, Any], side: int) -> str:
+    """An expression converting ``expr`` like ``conv`` does; ``side`` 0 encodes, 1 decodes."""
+    if conv is _identity:
         return expr
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner_enc, _ = _converters(inner[0])
-        if inner_enc is _identity:
+        inner_conv = _converters(inner[0])[side]
+        if inner_conv is _identity:
             return expr
-        names[slot] = inner_enc
+        names[slot] = inner_conv
         return f"(None if (_v := {expr}) is None else {slot}(_v))"
-    names[slot] = enc
+    names[slot] = conv
     return f"{slot}({expr})"
 
 
@@ -229,7 +229,7 @@ def _compile_decoder(cls: type) -> Callable[[dict[str, JSON]], Any]:
 
     names: dict[str, Any] = {"_cls": cls, "_general": general}
     args = [
-        f"{name}={_decode_expr(hints[name], dec, f'data[{name!r}]', f'_c{i}', names)}"
+        f"{name}={_convert_expr(hints[name], dec, f'data[{name!r}]', f'_c{i}', names, 1)}"
         for i, (name, _, dec) in enumerate(fields)
     ]
     source = (
@@ -242,18 +242,3 @@ def _compile_decoder(cls: type) -> Callable[[dict[str, JSON]], Any]:
     exec(compile(source, f"<decoder of {cls.__qualname__}>", "exec"), names)  # noqa: S102
     decode: Callable[[dict[str, JSON]], Any] = names["decode"]
     return decode
-
-
-def _decode_expr(tp: Any, dec: Conv, expr: str, slot: str, names: dict[str, Any]) -> str:
-    """An expression decoding ``expr`` (an item read) like ``dec`` does."""
-    if dec is _identity:
-        return expr
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        _, inner_dec = _converters(inner[0])
-        if inner_dec is _identity:
-            return expr
-        names[slot] = inner_dec
-        return f"(None if (_v := {expr}) is None else {slot}(_v))"
-    names[slot] = dec
-    return f"{slot}({expr})"
